@@ -1,0 +1,135 @@
+"""The volume-plugin interface: what emptyDir, hostPath, local, NFS and CSI implement.
+
+A plugin turns a ``VolumeSpec`` into host actions in two layers, like the kubelet's:
+
+* the **device layer** (only when ``is_device_mountable``): wait for the device, then
+  ``mount_device`` once per node at a global path (CSI NodeStageVolume, format-and-mount of a
+  local block device), and ``unmount_device`` when the last pod is gone;
+* the **pod layer**: ``set_up`` the pod's view of the volume (bind mount, tmpfs, NodePublish)
+  and ``tear_down`` it.
+
+Every method must be idempotent: after a crash it may be called again for a step that already
+happened. Failures are reported by raising the typed errors of ``operation_executor.errors``.
+Plugins get what they need from the host through ``PluginHost``; they never see the caches.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Mapping, Protocol
+
+from operation_executor.types import PodRef, SecretRef, VolumeSpec
+
+
+class PluginHost(Protocol):
+    """What the daemon offers plugins: the on-disk layout, mounting, and secret lookup."""
+
+    root_dir: str
+    node_name: str
+
+    @property
+    def mounter(self):  # -> mount_utils.mounter.Mounter
+        ...
+
+    def pod_volume_dir(self, pod_uid: str, plugin_name: str, volume_name: str) -> str:
+        """``<root>/pods/<uid>/volumes/<plugin with / as ~>/<volume name>``."""
+
+    def pod_volume_device_dir(self, pod_uid: str, plugin_name: str) -> str:
+        """``<root>/pods/<uid>/volumeDevices/<plugin with / as ~>`` (the block device's parent)."""
+
+    def plugin_dir(self, plugin_name: str) -> str:
+        """``<root>/plugins/<plugin name>``: where a plugin keeps node-global mounts."""
+
+    def get_secret(self, ref: SecretRef) -> Mapping[str, bytes] | None:
+        """The Secret's data, or None when it does not exist. Never log the result."""
+
+
+class VolumePlugin(ABC):
+    """Base class of every volume plugin. ``name`` is kubelet-style, e.g. ``kubernetes.io/empty-dir``."""
+
+    name: str = ""
+
+    def __init__(self, host: PluginHost) -> None:
+        self.host = host
+
+    # --- identity -------------------------------------------------------------------------
+
+    def is_device_mountable(self, spec: VolumeSpec) -> bool:
+        """True when the volume has a node-global stage (MountDevice) shared by its pods."""
+        return False
+
+    def volume_id(self, spec: VolumeSpec, pod: PodRef) -> str:
+        """The unique volume name. Device-mountable volumes are shared by pods, so their id
+        does not contain the pod; the others are per pod, which lets their operations for
+        different pods run in parallel."""
+        if self.is_device_mountable(spec):
+            return f"{self.name}/{spec.name}"
+        return f"{self.name}/{pod.uid}-{spec.name}"
+
+    # --- device layer ---------------------------------------------------------------------
+
+    def wait_for_device(self, spec: VolumeSpec) -> str | None:
+        """Return the device path when the volume's device is present, without blocking.
+
+        Raise ``WaitingError`` naming the device when it is not there yet: the reconciler
+        re-examines the volume on the next device event. Plugins without a device return None.
+        """
+        return None
+
+    def device_mount_path(self, spec: VolumeSpec) -> str | None:
+        """The node-global mount path for device-mountable volumes; None otherwise."""
+        return None
+
+    def mount_device(self, spec: VolumeSpec, device_path: str | None, device_mount_path: str) -> None:
+        """Stage the volume at ``device_mount_path`` (idempotent)."""
+        raise NotImplementedError(f"{self.name} is not device-mountable")
+
+    def unmount_device(self, spec: VolumeSpec, device_mount_path: str) -> None:
+        """Undo ``mount_device`` (idempotent: success when it is not staged)."""
+        raise NotImplementedError(f"{self.name} is not device-mountable")
+
+    # --- pod layer ------------------------------------------------------------------------
+
+    @abstractmethod
+    def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
+        """The path where the pod sees the volume (a directory, or a device node for Block)."""
+
+    @abstractmethod
+    def set_up(self, spec: VolumeSpec, pod: PodRef, outer_name: str, device_mount_path: str | None) -> None:
+        """Make the volume visible at ``mount_path`` (idempotent)."""
+
+    @abstractmethod
+    def tear_down(self, spec: VolumeSpec, pod: PodRef, outer_name: str, mount_path: str) -> None:
+        """Remove the pod's view and its now-empty directory; never delete data (idempotent)."""
+
+    # --- optional capabilities ------------------------------------------------------------
+
+    def expand(self, spec: VolumeSpec, device_path: str | None, device_mount_path: str | None) -> int | None:
+        """Grow the filesystem to the device's size; returns the new size in bytes, or None
+        when the plugin does not support online expansion."""
+        return None
+
+    def volume_stats(self, spec: VolumeSpec, mount_path: str) -> Mapping[str, int] | None:
+        """Capacity/used bytes and inodes for metrics, or None when unknown."""
+        return None
+
+
+class PluginRegistry:
+    """Plugins by name. ``find`` raises ``KeyError`` naming the plugin when it is unknown."""
+
+    def __init__(self) -> None:
+        self._plugins: dict[str, VolumePlugin] = {}
+
+    def register(self, plugin: VolumePlugin) -> None:
+        if not plugin.name:
+            raise ValueError(f"plugin {type(plugin).__name__} has no name")
+        self._plugins[plugin.name] = plugin
+
+    def find(self, name: str) -> VolumePlugin:
+        try:
+            return self._plugins[name]
+        except KeyError:
+            raise KeyError(f"no volume plugin named {name!r}") from None
+
+    def names(self) -> list[str]:
+        return sorted(self._plugins)

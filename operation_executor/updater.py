@@ -1,0 +1,53 @@
+"""The narrow interface through which operations report into the actual state of the world.
+
+Operations never see the cache itself: they can only record facts about the mounts they made
+or removed, and the last error of a key. This keeps the actual state the single place where
+results are written, and lets tests give operations a recording fake.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from operation_executor.errors import OperationError
+from operation_executor.types import PodRef, VolumeSpec
+
+
+class ActualStateUpdater(Protocol):
+    def mark_device_mounted(
+        self, volume_id: str, spec: VolumeSpec, plugin_name: str, device_path: str | None, device_mount_path: str
+    ) -> None: ...
+
+    def mark_device_uncertain(
+        self, volume_id: str, spec: VolumeSpec, plugin_name: str, device_path: str | None, device_mount_path: str
+    ) -> None: ...
+
+    def mark_device_unmounted(self, volume_id: str) -> None: ...
+
+    def mark_volume_mounted(
+        self,
+        volume_id: str,
+        pod: PodRef,
+        outer_name: str,
+        spec: VolumeSpec,
+        plugin_name: str,
+        mount_path: str,
+        device_mountable: bool,
+    ) -> None: ...
+
+    def mark_volume_uncertain(
+        self,
+        volume_id: str,
+        pod: PodRef,
+        outer_name: str,
+        spec: VolumeSpec,
+        plugin_name: str,
+        mount_path: str,
+        device_mountable: bool,
+    ) -> None: ...
+
+    def mark_volume_unmounted(self, volume_id: str, pod_uid: str) -> None: ...
+
+    def record_result(self, volume_id: str, pod_uid: str | None, operation: str, error: OperationError | None) -> None:
+        """Remember the outcome of the last operation on (volume, pod); None clears the error."""
+        ...
