@@ -1,0 +1,186 @@
+"""Runs volume operations: at most one in flight per key, per-key backoff, a bounded pool.
+
+Keys follow the kubelet's nestedpendingoperations: an ``OperationKey`` with ``pod_uid=None``
+stands for the whole volume and conflicts with every operation on that volume (staging,
+unstaging, and mounting a device-mountable volume, so MountDevice never races); a key with a
+pod conflicts only with the whole-volume key and with itself, so per-pod operations of
+different pods run in parallel.
+
+``run`` never waits for an operation: it starts it or refuses with ``AlreadyPendingError`` /
+``BackoffError``, which the reconciler treats as normal answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Callable
+
+from operation_executor.backoff import Backoff, next_backoff
+from operation_executor.errors import AlreadyPendingError, BackoffError, WaitingError
+
+log = logging.getLogger(__name__)
+
+# Mount syscalls are fast, CSI calls wait on a driver: enough workers that a few slow
+# drivers do not starve the rest, few enough that a 2-core node is not thrashed.
+DEFAULT_MAX_WORKERS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class OperationKey:
+    volume_id: str
+    pod_uid: str | None = None  # None: the whole volume
+
+
+@dataclass(frozen=True)
+class OperationOutcome:
+    key: OperationKey
+    operation: str
+    error: BaseException | None
+    started_at: float
+    duration: float
+    plugin: str = ""
+
+
+CompletionCallback = Callable[[OperationOutcome], None]
+
+
+class OperationExecutor:
+    def __init__(
+        self,
+        max_workers: int = DEFAULT_MAX_WORKERS,
+        on_complete: CompletionCallback | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vm-op")
+        self._on_complete: list[CompletionCallback] = [on_complete] if on_complete else []
+        self._clock = clock
+        self._lock = threading.Lock()
+        # volume_id -> {pod_uid or None: operation name}
+        self._pending: dict[str, dict[str | None, str]] = {}
+        self._backoff: dict[OperationKey, Backoff] = {}
+        self._idle = threading.Condition(self._lock)
+        self._closed = False
+
+    def add_completion_callback(self, cb: CompletionCallback) -> None:
+        self._on_complete.append(cb)
+
+    # --- queries --------------------------------------------------------------------------
+
+    def is_pending(self, volume_id: str, pod_uid: str | None = None) -> bool:
+        """With ``pod_uid=None``: any operation on the volume; else one that conflicts with
+        the (volume, pod) key."""
+        with self._lock:
+            return self._conflict(OperationKey(volume_id, pod_uid)) is not None
+
+    def pending_operation(self, volume_id: str, pod_uid: str | None = None) -> str | None:
+        with self._lock:
+            return self._conflict(OperationKey(volume_id, pod_uid))
+
+    def backoff_remaining(self, key: OperationKey) -> float:
+        with self._lock:
+            b = self._backoff.get(key)
+            return b.remaining(self._clock()) if b else 0.0
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return sum(len(v) for v in self._pending.values())
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no operation is in flight (for tests and orderly shutdown)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._idle:
+            while self._pending:
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return False
+                self._idle.wait(remaining)
+            return True
+
+    # --- running --------------------------------------------------------------------------
+
+    def run(self, key: OperationKey, operation: str, fn: Callable[[], None], plugin: str = "") -> None:
+        """Start ``fn`` for ``key`` unless a conflicting operation runs or the key backs off.
+
+        A different operation than the one that failed last on this key is not held back by
+        that failure's backoff (an unmount may follow a failed mount at once).
+        """
+        with self._lock:
+            if self._closed:
+                raise AlreadyPendingError("executor is shutting down")
+            running = self._conflict(key)
+            if running is not None:
+                raise AlreadyPendingError(f"operation {running} is in progress for volume {key.volume_id}")
+            b = self._backoff.get(key)
+            if b is not None and b.operation == operation:
+                remaining = b.remaining(self._clock())
+                if remaining > 0:
+                    raise BackoffError(
+                        f"{operation} for volume {key.volume_id} failed; next retry in {remaining:.1f}s", remaining
+                    )
+            self._pending.setdefault(key.volume_id, {})[key.pod_uid] = operation
+        try:
+            self._pool.submit(self._execute, key, operation, fn, plugin)
+        except RuntimeError:
+            with self._lock:
+                self._remove_pending(key)
+            raise AlreadyPendingError("executor is shutting down") from None
+
+    def shutdown(self, wait: bool = True) -> None:
+        with self._lock:
+            self._closed = True
+        self._pool.shutdown(wait=wait, cancel_futures=False)
+
+    # --- internals ------------------------------------------------------------------------
+
+    def _conflict(self, key: OperationKey) -> str | None:
+        ops = self._pending.get(key.volume_id)
+        if not ops:
+            return None
+        if key.pod_uid is None:
+            return next(iter(ops.values()))
+        if None in ops:
+            return ops[None]
+        return ops.get(key.pod_uid)
+
+    def _remove_pending(self, key: OperationKey) -> None:
+        ops = self._pending.get(key.volume_id)
+        if ops is not None:
+            ops.pop(key.pod_uid, None)
+            if not ops:
+                del self._pending[key.volume_id]
+        if not self._pending:
+            self._idle.notify_all()
+
+    def _execute(self, key: OperationKey, operation: str, fn: Callable[[], None], plugin: str) -> None:
+        started = self._clock()
+        error: BaseException | None = None
+        try:
+            fn()
+        except BaseException as e:  # noqa: BLE001 - an operation must never kill its worker
+            error = e
+        finished = self._clock()
+        with self._lock:
+            self._remove_pending(key)
+            if error is None or isinstance(error, WaitingError):
+                # Waiting is not failing: the volume is re-examined on the event it waits
+                # for (a device, a driver), which must not be delayed by a growing backoff.
+                self._backoff.pop(key, None)
+            else:
+                self._backoff[key] = next_backoff(self._backoff.get(key), operation, finished)
+        outcome = OperationOutcome(key, operation, error, started, finished - started, plugin)
+        for cb in self._on_complete:
+            try:
+                cb(outcome)
+            except Exception:  # noqa: BLE001
+                log.exception("operation completion callback failed")
+
+    def forget_volume(self, volume_id: str) -> None:
+        """Drop backoff state of a volume that is neither desired nor mounted any more, so
+        the map stays bounded by the volumes the node really has."""
+        with self._lock:
+            for key in [k for k in self._backoff if k.volume_id == volume_id]:
+                del self._backoff[key]

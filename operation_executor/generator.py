@@ -1,0 +1,199 @@
+"""Builds the operations the reconciler starts, from the plugin interface.
+
+Each generated operation is a closure that calls the plugin, journals its intent, and writes
+its result only through ``ActualStateUpdater``. The state rules are the kubelet's, made a
+little more conservative: a step that may have happened is recorded as *uncertain* (possibly
+mounted), so cleanup still runs; a final failure never downgrades an uncertain state, because
+the reverse calls are idempotent and an extra one is cheaper than a leaked mount.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Callable
+
+from operation_executor.errors import FinalError, OperationError, TransientError, UncertainError, is_uncertain
+from operation_executor.journal import IntentJournal, NullJournal
+from operation_executor.plugin import PluginRegistry
+from operation_executor.states import DeviceMountState, VolumeMountState
+from operation_executor.types import AttachedVolume, MountedVolume, VolumeToMount
+from operation_executor.updater import ActualStateUpdater
+
+log = logging.getLogger(__name__)
+
+MOUNT_VOLUME = "mount_volume"
+UNMOUNT_VOLUME = "unmount_volume"
+UNMOUNT_DEVICE = "unmount_device"
+EXPAND_VOLUME = "expand_volume"
+
+
+@dataclass(frozen=True)
+class GeneratedOperation:
+    name: str
+    fn: Callable[[], None]
+
+
+def as_operation_error(err: BaseException, step: str) -> OperationError:
+    """Wrap an unclassified exception as uncertain: we cannot know what it left behind."""
+    if isinstance(err, OperationError):
+        return err
+    return UncertainError(f"{step} failed unexpectedly: {type(err).__name__}: {err}", code="UNEXPECTED")
+
+
+def outcome_word(err: BaseException | None) -> str:
+    if err is None:
+        return "ok"
+    if isinstance(err, TransientError):
+        return "transient"
+    if isinstance(err, FinalError):
+        return "final"
+    return "uncertain"
+
+
+class OperationGenerator:
+    def __init__(
+        self,
+        plugins: PluginRegistry,
+        updater: ActualStateUpdater,
+        journal: IntentJournal | None = None,
+    ) -> None:
+        self._plugins = plugins
+        self._asw = updater
+        self._journal = journal or NullJournal()
+
+    def _step(self, step: str, volume_id: str, pod_uid: str | None, details: dict, fn: Callable[[], object]):
+        token = self._journal.begin(step, volume_id, pod_uid, details)
+        try:
+            result = fn()
+        except BaseException as e:
+            self._journal.end(token, outcome_word(e))
+            raise
+        self._journal.end(token, "ok")
+        return result
+
+    # --- mount ----------------------------------------------------------------------------
+
+    def mount_volume(
+        self, vtm: VolumeToMount, device_state: DeviceMountState, pod_state: VolumeMountState
+    ) -> GeneratedOperation:
+        """Wait for the device, stage it when not certainly staged, then set up the pod's view."""
+
+        def run() -> None:
+            plugin = self._plugins.find(vtm.plugin_name)
+            spec, pod = vtm.spec, vtm.pod
+            device_mount_path: str | None = None
+            try:
+                if vtm.device_mountable:
+                    device_path = plugin.wait_for_device(spec)
+                    device_mount_path = plugin.device_mount_path(spec)
+                    if device_mount_path is None:
+                        raise FinalError(f"plugin {plugin.name} gave no device mount path", code="PLUGIN_ERROR")
+                    if device_state is not DeviceMountState.MOUNTED:
+                        try:
+                            self._step(
+                                "mount_device",
+                                vtm.volume_id,
+                                None,
+                                {"device_path": device_path, "device_mount_path": device_mount_path},
+                                lambda: plugin.mount_device(spec, device_path, device_mount_path),
+                            )
+                        except BaseException as e:
+                            if is_uncertain(e) or device_state is DeviceMountState.UNCERTAIN:
+                                self._asw.mark_device_uncertain(
+                                    vtm.volume_id, spec, vtm.plugin_name, device_path, device_mount_path
+                                )
+                            raise
+                        self._asw.mark_device_mounted(vtm.volume_id, spec, vtm.plugin_name, device_path, device_mount_path)
+            except BaseException as e:
+                err = as_operation_error(e, "MountDevice")
+                self._asw.record_result(vtm.volume_id, None, "MountDevice", err)
+                raise err from (None if err is e else e)
+            if vtm.device_mountable:
+                self._asw.record_result(vtm.volume_id, None, "MountDevice", None)
+
+            mount_path = plugin.mount_path(spec, pod, vtm.outer_name)
+            try:
+                self._step(
+                    "set_up",
+                    vtm.volume_id,
+                    pod.uid,
+                    {"mount_path": mount_path, "device_mount_path": device_mount_path},
+                    lambda: plugin.set_up(spec, pod, vtm.outer_name, device_mount_path),
+                )
+            except BaseException as e:
+                err = as_operation_error(e, "SetUp")
+                if is_uncertain(err) or pod_state is VolumeMountState.UNCERTAIN:
+                    self._asw.mark_volume_uncertain(
+                        vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
+                    )
+                self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", err)
+                raise err from (None if err is e else e)
+            self._asw.mark_volume_mounted(
+                vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
+            )
+            self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", None)
+
+        return GeneratedOperation(MOUNT_VOLUME, run)
+
+    # --- unmount --------------------------------------------------------------------------
+
+    def unmount_volume(self, mv: MountedVolume) -> GeneratedOperation:
+        """Tear down one pod's view. On any failure the pod mount stays possibly mounted."""
+
+        def run() -> None:
+            plugin = self._plugins.find(mv.plugin_name)
+            try:
+                self._step(
+                    "tear_down",
+                    mv.volume_id,
+                    mv.pod.uid,
+                    {"mount_path": mv.mount_path},
+                    lambda: plugin.tear_down(mv.spec, mv.pod, mv.outer_name, mv.mount_path),
+                )
+            except BaseException as e:
+                err = as_operation_error(e, "TearDown")
+                self._asw.mark_volume_uncertain(
+                    mv.volume_id,
+                    mv.pod,
+                    mv.outer_name,
+                    mv.spec,
+                    mv.plugin_name,
+                    mv.mount_path,
+                    mv.device_mount_path is not None,
+                )
+                self._asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", err)
+                raise err from (None if err is e else e)
+            self._asw.mark_volume_unmounted(mv.volume_id, mv.pod.uid)
+            self._asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", None)
+
+        return GeneratedOperation(UNMOUNT_VOLUME, run)
+
+    def unmount_device(self, av: AttachedVolume) -> GeneratedOperation:
+        """Unstage a volume no pod uses. On any failure the device stays possibly mounted,
+        so the next pod gets a fresh MountDevice and the next cleanup tries again."""
+
+        def run() -> None:
+            plugin = self._plugins.find(av.plugin_name)
+            path = av.device_mount_path
+            if path is None:
+                path = plugin.device_mount_path(av.spec)
+            try:
+                if path is not None:
+                    self._step(
+                        "unmount_device",
+                        av.volume_id,
+                        None,
+                        {"device_mount_path": path, "device_path": av.device_path},
+                        lambda: plugin.unmount_device(av.spec, path),
+                    )
+            except BaseException as e:
+                err = as_operation_error(e, "UnmountDevice")
+                self._asw.mark_device_uncertain(av.volume_id, av.spec, av.plugin_name, av.device_path, path or "")
+                self._asw.record_result(av.volume_id, None, "UnmountDevice", err)
+                raise err from (None if err is e else e)
+            self._asw.mark_device_unmounted(av.volume_id)
+            self._asw.record_result(av.volume_id, None, "UnmountDevice", None)
+
+        return GeneratedOperation(UNMOUNT_DEVICE, run)
+

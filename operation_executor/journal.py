@@ -1,0 +1,29 @@
+"""Where operations record their intent before acting and their outcome after.
+
+The operation generator calls ``begin`` before every state-changing plugin call and ``end``
+after it. A durable implementation (fsync'd, as Mesos does) lets the daemon finish or undo an
+interrupted step after a crash; ``NullJournal`` is for tests and tools that do not need it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Protocol
+
+
+class IntentJournal(Protocol):
+    def begin(self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any]) -> object:
+        """Record that ``step`` is about to run; returns a token for ``end``. Must be durable
+        when it returns. ``details`` never holds secret values, only references."""
+        ...
+
+    def end(self, token: object, outcome: str) -> None:
+        """Record the outcome (``ok``, ``final``, ``uncertain``, ``transient``)."""
+        ...
+
+
+class NullJournal:
+    def begin(self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any]) -> object:
+        return None
+
+    def end(self, token: object, outcome: str) -> None:
+        return None

@@ -1,0 +1,5 @@
+import sys
+
+from volumemanager.cli import main
+
+sys.exit(main())

@@ -1,0 +1,243 @@
+"""Actual state of the world: which volumes are (possibly) staged and (possibly) mounted for
+which pods, plus the last operation result per (volume, pod) for status and explain.
+
+It implements ``operation_executor.updater.ActualStateUpdater``; operations write only through
+those methods. Every change bumps ``version`` and notifies ``changed`` so that
+``wait_for_mount`` wakes at once instead of polling.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from operation_executor.errors import OperationError
+from operation_executor.states import DeviceMountState, VolumeMountState
+from operation_executor.types import AttachedVolume, MountedVolume, PodRef, VolumeSpec
+
+
+@dataclass(frozen=True)
+class OperationResult:
+    operation: str
+    error: OperationError | None
+    at: float  # wall-clock time of this result, for people
+    since: float  # wall-clock time since when the same error keeps coming back
+
+
+@dataclass
+class _Pod:
+    pod: PodRef
+    outer_name: str
+    spec: VolumeSpec
+    mount_path: str
+    state: VolumeMountState
+
+
+@dataclass
+class _Volume:
+    volume_id: str
+    spec: VolumeSpec
+    plugin_name: str
+    device_mountable: bool
+    device_state: DeviceMountState = DeviceMountState.NOT_MOUNTED
+    device_path: str | None = None
+    device_mount_path: str | None = None
+    pods: dict[str, _Pod] = field(default_factory=dict)
+    reconstructed: bool = False
+
+
+class ActualStateOfWorld:
+    def __init__(self, on_change: Callable[[str], None] | None = None) -> None:
+        self._lock = threading.RLock()
+        self.changed = threading.Condition(self._lock)
+        self.version = 0
+        self._volumes: dict[str, _Volume] = {}
+        self._results: dict[tuple[str, str | None], OperationResult] = {}
+        self._on_change = on_change
+
+    def set_on_change(self, cb: Callable[[str], None]) -> None:
+        self._on_change = cb
+
+    def _touch(self, volume_id: str) -> None:
+        self.version += 1
+        self.changed.notify_all()
+        if self._on_change is not None:
+            self._on_change(volume_id)
+
+    def _volume(self, volume_id: str, spec: VolumeSpec, plugin_name: str, device_mountable: bool) -> _Volume:
+        v = self._volumes.get(volume_id)
+        if v is None:
+            v = _Volume(volume_id, spec, plugin_name, device_mountable)
+            self._volumes[volume_id] = v
+        return v
+
+    def _maybe_drop(self, volume_id: str) -> None:
+        v = self._volumes.get(volume_id)
+        if v is not None and not v.pods and not (v.device_mountable and v.device_state.may_be_mounted):
+            del self._volumes[volume_id]
+
+    # --- ActualStateUpdater ---------------------------------------------------------------
+
+    def mark_device_mounted(self, volume_id, spec, plugin_name, device_path, device_mount_path) -> None:
+        self._set_device(volume_id, spec, plugin_name, device_path, device_mount_path, DeviceMountState.MOUNTED)
+
+    def mark_device_uncertain(self, volume_id, spec, plugin_name, device_path, device_mount_path) -> None:
+        self._set_device(volume_id, spec, plugin_name, device_path, device_mount_path, DeviceMountState.UNCERTAIN)
+
+    def _set_device(self, volume_id, spec, plugin_name, device_path, device_mount_path, state) -> None:
+        with self._lock:
+            v = self._volume(volume_id, spec, plugin_name, True)
+            v.device_mountable = True
+            v.device_state = state
+            if device_path:
+                v.device_path = device_path
+            if device_mount_path:
+                v.device_mount_path = device_mount_path
+            self._touch(volume_id)
+
+    def mark_device_unmounted(self, volume_id: str) -> None:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            if v is None:
+                return
+            v.device_state = DeviceMountState.NOT_MOUNTED
+            self._maybe_drop(volume_id)
+            self._touch(volume_id)
+
+    def mark_volume_mounted(self, volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable) -> None:
+        self._set_pod(volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable, VolumeMountState.MOUNTED)
+
+    def mark_volume_uncertain(self, volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable) -> None:
+        self._set_pod(volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable, VolumeMountState.UNCERTAIN)
+
+    def _set_pod(self, volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable, state) -> None:
+        with self._lock:
+            v = self._volume(volume_id, spec, plugin_name, device_mountable)
+            v.pods[pod.uid] = _Pod(pod, outer_name, spec, mount_path, state)
+            self._touch(volume_id)
+
+    def mark_volume_unmounted(self, volume_id: str, pod_uid: str) -> None:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            if v is None:
+                return
+            v.pods.pop(pod_uid, None)
+            self._maybe_drop(volume_id)
+            self._touch(volume_id)
+
+    def record_result(self, volume_id: str, pod_uid: str | None, operation: str, error: OperationError | None) -> None:
+        now = time.time()
+        with self._lock:
+            prev = self._results.get((volume_id, pod_uid))
+            since = now
+            if prev is not None and prev.error is not None and error is not None and str(prev.error) == str(error):
+                since = prev.since
+            self._results[(volume_id, pod_uid)] = OperationResult(operation, error, now, since)
+            self.version += 1
+            self.changed.notify_all()
+
+    # --- reconstruction -------------------------------------------------------------------
+
+    def add_reconstructed(self, mv: MountedVolume, device_state: DeviceMountState, device_path: str | None) -> None:
+        """Adopt a volume found on disk at start-up. Never overwrites what an operation
+        already recorded (an operation's knowledge is newer than the disk scan's)."""
+        with self._lock:
+            v = self._volume(mv.volume_id, mv.spec, mv.plugin_name, mv.device_mount_path is not None)
+            v.reconstructed = True
+            if mv.device_mount_path is not None and v.device_state is DeviceMountState.NOT_MOUNTED:
+                v.device_state = device_state
+                v.device_mount_path = mv.device_mount_path
+                v.device_path = v.device_path or device_path
+            if mv.pod.uid not in v.pods:
+                v.pods[mv.pod.uid] = _Pod(mv.pod, mv.outer_name, mv.spec, mv.mount_path, mv.state)
+            self._touch(mv.volume_id)
+
+    def add_reconstructed_device(self, av: AttachedVolume) -> None:
+        with self._lock:
+            v = self._volume(av.volume_id, av.spec, av.plugin_name, True)
+            v.reconstructed = True
+            if v.device_state is DeviceMountState.NOT_MOUNTED:
+                v.device_state = av.device_state
+                v.device_mount_path = av.device_mount_path
+                v.device_path = v.device_path or av.device_path
+            self._touch(av.volume_id)
+
+    # --- readers (copies) -----------------------------------------------------------------
+
+    def volume_ids(self) -> set[str]:
+        with self._lock:
+            return set(self._volumes)
+
+    def get_volume(self, volume_id: str) -> AttachedVolume | None:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            return self._attached(v) if v else None
+
+    def attached_volumes(self, volume_ids=None) -> list[AttachedVolume]:
+        with self._lock:
+            vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
+            return [self._attached(v) for v in vols]
+
+    def mounted_volumes(self, volume_ids=None) -> list[MountedVolume]:
+        """Every pod mount that may be mounted (mounted or uncertain)."""
+        with self._lock:
+            vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
+            return [self._mounted(v, p) for v in vols for p in v.pods.values() if p.state.may_be_mounted]
+
+    def pod_state(self, volume_id: str, pod_uid: str) -> VolumeMountState:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            p = v.pods.get(pod_uid) if v else None
+            return p.state if p else VolumeMountState.NOT_MOUNTED
+
+    def device_state(self, volume_id: str) -> DeviceMountState:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            return v.device_state if v else DeviceMountState.NOT_MOUNTED
+
+    def get_mount(self, volume_id: str, pod_uid: str) -> MountedVolume | None:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            p = v.pods.get(pod_uid) if v else None
+            return self._mounted(v, p) if p else None
+
+    def result(self, volume_id: str, pod_uid: str | None) -> OperationResult | None:
+        with self._lock:
+            return self._results.get((volume_id, pod_uid))
+
+    def forget_results(self, volume_id: str, pod_uid: str | None = None) -> None:
+        with self._lock:
+            self._results.pop((volume_id, pod_uid), None)
+
+    def forget_volume_results(self, volume_id: str) -> None:
+        with self._lock:
+            for k in [k for k in self._results if k[0] == volume_id]:
+                del self._results[k]
+
+    @staticmethod
+    def _attached(v: _Volume) -> AttachedVolume:
+        return AttachedVolume(
+            volume_id=v.volume_id,
+            spec=v.spec,
+            plugin_name=v.plugin_name,
+            device_mountable=v.device_mountable,
+            device_state=v.device_state,
+            device_path=v.device_path,
+            device_mount_path=v.device_mount_path,
+            pod_uids=frozenset(uid for uid, p in v.pods.items() if p.state.may_be_mounted),
+        )
+
+    @staticmethod
+    def _mounted(v: _Volume, p: _Pod) -> MountedVolume:
+        return MountedVolume(
+            volume_id=v.volume_id,
+            pod=p.pod,
+            outer_name=p.outer_name,
+            spec=p.spec,
+            plugin_name=v.plugin_name,
+            mount_path=p.mount_path,
+            state=p.state,
+            device_mount_path=v.device_mount_path if v.device_mountable else None,
+        )

@@ -1,0 +1,80 @@
+"""Daemon configuration: defaults, an optional YAML file (``--config``), then flags (flags win)."""
+
+from __future__ import annotations
+
+import os
+from socket import gethostname
+from dataclasses import dataclass, field, fields
+
+import yaml
+
+DEFAULT_ROOT_DIR = "/var/lib/volumemanager"
+DEFAULT_SOCKET = "/run/volumemanager/volumemanager.sock"
+DEFAULT_MANIFEST_DIR = "/etc/volumemanager/manifests"
+DEFAULT_METRICS_ADDRESS = "127.0.0.1:9469"
+
+
+class ConfigError(ValueError):
+    """A bad config file or flag; the message names the file and key."""
+
+
+@dataclass
+class DaemonConfig:
+    root_dir: str = DEFAULT_ROOT_DIR
+    socket: str = DEFAULT_SOCKET
+    manifest_dir: str = DEFAULT_MANIFEST_DIR
+    plugins_registry_dir: str | None = None  # default: <root_dir>/plugins_registry
+    csi_driver: list[str] = field(default_factory=list)
+    node_name: str = field(default_factory=gethostname)
+    metrics_address: str = DEFAULT_METRICS_ADDRESS
+    log_format: str = "text"
+    log_level: str = "info"
+    config: str | None = None
+
+    @property
+    def registry_dir(self) -> str:
+        return self.plugins_registry_dir or os.path.join(self.root_dir, "plugins_registry")
+
+    def validate(self) -> None:
+        for name in ("root_dir", "manifest_dir"):
+            if not os.path.isabs(getattr(self, name)):
+                raise ConfigError(f"{name} must be an absolute path, got {getattr(self, name)!r}")
+        if self.log_format not in ("text", "json"):
+            raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
+        for d in self.csi_driver:
+            if "=" not in d:
+                raise ConfigError(f"csi_driver must be NAME=unix:///path, got {d!r}")
+
+
+def load_config_file(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = yaml.safe_load(f) or {}
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read config: {e.strerror}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a mapping of option names to values")
+    known = {f.name for f in fields(DaemonConfig)} - {"config"}
+    out = {}
+    for k, v in data.items():
+        key = str(k).replace("-", "_")
+        if key not in known:
+            raise ConfigError(f"{path}: unknown key {k!r} (known: {', '.join(sorted(known))})")
+        if key == "csi_driver" and isinstance(v, str):
+            v = [v]
+        out[key] = v
+    return out
+
+
+def build_config(flag_values: dict) -> DaemonConfig:
+    """Defaults < config file < flags. ``flag_values`` holds only the flags actually given."""
+    values: dict = {}
+    cfg_path = flag_values.get("config")
+    if cfg_path:
+        values.update(load_config_file(cfg_path))
+    values.update({k: v for k, v in flag_values.items() if v is not None and v != []})
+    cfg = DaemonConfig(**values)
+    cfg.validate()
+    return cfg

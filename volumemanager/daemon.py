@@ -1,0 +1,132 @@
+"""``volumemanager daemon``: run the volume manager until SIGTERM/SIGINT. Mounts stay on exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+
+from volumemanager.admin_api import AdminError, AdminServer
+from volumemanager.config import ConfigError, DaemonConfig, build_config
+
+log = logging.getLogger("volumemanager.daemon")
+
+# How often the main thread looks for a SIGHUP request or a stop; signals only set flags.
+MAIN_LOOP_SECONDS = 0.5
+# `wait` over the admin API is capped so a forgotten client does not hold a thread forever.
+MAX_WAIT_SECONDS = 24 * 3600
+
+
+class Daemon:
+    def __init__(self, cfg: DaemonConfig, source=None, metrics=None) -> None:
+        from volumemanager.metrics import start_metrics
+        from volumemanager.sdnotify import SystemdNotifier
+        from volumemanager.sources.manifest_dir import ManifestDirSource
+        from volumemanager.volume_manager import VolumeManager
+
+        self.cfg = cfg
+        self.notifier = SystemdNotifier()
+        os.makedirs(cfg.root_dir, mode=0o750, exist_ok=True)
+        self.metrics = metrics if metrics is not None else start_metrics(cfg.metrics_address)
+        self.vm = VolumeManager(cfg, source or ManifestDirSource(cfg.manifest_dir), metrics=self.metrics)
+        self.vm.on_tick = self._tick
+        self.server = AdminServer(
+            cfg.socket,
+            {"status": self.vm.status, "explain": self._explain, "wait": self._wait, "plan": self._plan,
+             "ping": lambda: {"pid": os.getpid()}},
+        )
+        self._stop = threading.Event()
+        self._reload = threading.Event()
+        self._last_status = ""
+
+    # --- admin methods --------------------------------------------------------------------
+
+    def _explain(self, pod: str, volume: str | None = None) -> dict:
+        code, body = self.vm.explain(pod, volume)
+        body["exit_code"] = code
+        return body
+
+    def _wait(self, pod: str, timeout_seconds: float = 120.0) -> dict:
+        timeout = max(0.0, min(float(timeout_seconds), MAX_WAIT_SECONDS))
+        mounted = self.vm.wait_for_mount(pod, timeout)
+        body = self._explain(pod)
+        body["mounted"] = bool(mounted)
+        return body
+
+    def _plan(self) -> list[dict]:
+        return self.vm.plan()
+
+    # --- loop -----------------------------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Runs on the reconciler's thread after each wake-up: a wedged reconciler stops pinging."""
+        self.notifier.watchdog_ping_if_due()
+        text = f"{self.vm.executor.pending_count()} operations in flight; {len(self.vm.dsw)} pods desired"
+        if text != self._last_status:
+            self._last_status = text
+            self.notifier.status(text)
+
+    def request_stop(self, *_: object) -> None:
+        self._stop.set()
+
+    def request_reload(self, *_: object) -> None:
+        self._reload.set()
+
+    def run(self) -> int:
+        started = time.monotonic()
+        self.server.start()
+        self.vm.start()
+        ready_in = time.monotonic() - started
+        counts = self.vm.status()["volumes"]
+        mounted = sum(1 for r in counts if r["state"] == "mounted")
+        self.notifier.ready(f"ready: {mounted}/{len(counts)} volumes mounted")
+        log.info("ready in %.3fs: %d pods desired, socket %s", ready_in, len(self.vm.dsw), self.cfg.socket,
+                 extra={"duration_ms": round(ready_in * 1000, 1)})
+        while not self._stop.wait(MAIN_LOOP_SECONDS):
+            if self._reload.is_set():
+                self._reload.clear()
+                self._do_reload()
+        self.notifier.stopping()
+        log.info("stopping; mounts stay in place")
+        self.server.stop()
+        self.vm.stop()
+        self.metrics.stop()
+        return 0
+
+    def _do_reload(self) -> None:
+        self.notifier.reloading()
+        if self.cfg.config:
+            try:
+                from volumemanager.logs import setup_logging
+
+                new = build_config({"config": self.cfg.config})
+                setup_logging(new.log_format, new.log_level)
+                log.info("re-read config %s (log settings applied; other changes need a restart)", self.cfg.config)
+            except (ConfigError, ValueError) as e:
+                log.error("SIGHUP: %s; keeping the running config", e)
+        self.vm.resync()
+        self.notifier.ready("reloaded")
+
+
+def run_daemon(flag_values: dict) -> int:
+    from volumemanager.logs import setup_logging
+
+    try:
+        cfg = build_config(flag_values)
+        setup_logging(cfg.log_format, cfg.log_level)
+        daemon = Daemon(cfg)
+    except (ConfigError, AdminError, OSError, ValueError) as e:
+        print(f"volumemanager: {e}", file=sys.stderr)
+        return 1
+    signal.signal(signal.SIGTERM, daemon.request_stop)
+    signal.signal(signal.SIGINT, daemon.request_stop)
+    signal.signal(signal.SIGHUP, daemon.request_reload)
+    try:
+        return daemon.run()
+    except Exception as e:  # noqa: BLE001 - one line, not a traceback, for the operator
+        log.exception("fatal error")
+        print(f"volumemanager: fatal: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

@@ -1,0 +1,58 @@
+"""emptyDir: scratch space that lives and dies with the pod.
+
+``medium: ""`` is a directory on the node's disk under the pod dir; ``medium: Memory`` is a
+tmpfs sized by ``sizeLimit``. Per-pod, no staging.
+"""
+
+from __future__ import annotations
+
+import os
+
+from mount_utils.cleanup import cleanup_mount_point, remove_empty_dirs
+from mount_utils.mounter import MountError
+from mount_utils.paths import safe_makedirs
+from operation_executor.errors import FinalError, UncertainError
+from operation_executor.plugin import VolumePlugin
+from operation_executor.types import PodRef, VolumeSpec
+from volumemanager.plugins.fsutil import TreeRemovalRefused, remove_tree_one_filesystem
+
+EMPTY_DIR_PLUGIN = "kubernetes.io/empty-dir"
+# kubelet creates emptyDir volumes world-writable: the pod's processes may run as any user.
+EMPTY_DIR_MODE = 0o777
+
+
+class EmptyDirPlugin(VolumePlugin):
+    name = EMPTY_DIR_PLUGIN
+
+    def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
+        return self.host.pod_volume_dir(pod.uid, self.name, outer_name)
+
+    def set_up(self, spec: VolumeSpec, pod: PodRef, outer_name: str, device_mount_path: str | None) -> None:
+        path = self.mount_path(spec, pod, outer_name)
+        mounter = self.host.mounter
+        try:
+            safe_makedirs(self.host.root_dir, path, 0o750)
+            os.chmod(path, EMPTY_DIR_MODE)
+        except OSError as e:
+            raise FinalError(f"cannot create {path}: {e.strerror or e}", code="MKDIR_FAILED") from e
+        if spec.source.medium != "Memory":
+            return
+        if mounter.is_mount_point(path):
+            return
+        try:
+            mounter.mount_tmpfs(path, size_bytes=spec.source.size_limit_bytes, mode=EMPTY_DIR_MODE)
+        except MountError as e:
+            raise FinalError(str(e), code="MOUNT_FAILED") from e
+
+    def tear_down(self, spec: VolumeSpec, pod: PodRef, outer_name: str, mount_path: str) -> None:
+        mounter = self.host.mounter
+        try:
+            if os.path.lexists(mount_path) and mounter.is_mount_point(mount_path):
+                cleanup_mount_point(mount_path, mounter)
+            else:
+                remove_tree_one_filesystem(mount_path)
+        except TreeRemovalRefused as e:
+            raise UncertainError(f"cannot remove emptyDir {mount_path}: {e.strerror}: {e.filename}", code="BUSY") from e
+        except OSError as e:
+            raise UncertainError(f"cannot tear down {mount_path}: {e}", code="UNMOUNT_FAILED") from e
+        remove_empty_dirs(os.path.dirname(mount_path), os.path.join(self.host.root_dir, "pods"))

@@ -1,0 +1,317 @@
+"""The reconciler: decides which operations would bring the actual state to the desired one,
+and starts them. It never waits for an operation.
+
+It is event driven. Whatever may change a volume's fate marks that volume *dirty*: a
+desired-state change, an operation finishing, a device or driver event, a backoff expiring.
+A pass looks only at the dirty volumes, so its cost follows what changed, not how many
+volumes the node has. A slow full pass remains as a safety net for anything an event missed.
+
+Order within a pass is the kubelet's: first unmount pods' views that are no longer desired
+(so a volume moving between pods is released first), then mount what is desired, then unstage
+devices that no pod uses. Nothing is unmounted until the desired state has been fully read
+(``ready_to_unmount``), so a restart never tears down the volumes of running pods.
+"""
+
+from __future__ import annotations
+
+import heapq
+import logging
+import threading
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Iterable
+
+from operation_executor.errors import AlreadyPendingError, BackoffError, WaitingError
+from operation_executor.executor import OperationExecutor, OperationKey, OperationOutcome
+from operation_executor.generator import MOUNT_VOLUME, UNMOUNT_DEVICE, UNMOUNT_VOLUME, OperationGenerator
+from operation_executor.states import DeviceMountState, VolumeMountState
+from operation_executor.types import AttachedVolume, MountedVolume, VolumeToMount
+from volumemanager.cache.actual_state import ActualStateOfWorld
+from volumemanager.cache.desired_state import DesiredStateOfWorld
+
+log = logging.getLogger(__name__)
+
+# Safety-net pass over every volume. Events drive the real work; this only catches what an
+# event could have missed, so it can be slow (a pass over 1,000 volumes costs a few ms).
+FULL_RESYNC_SECONDS = 60.0
+# Volumes waiting for a device or a driver are re-examined on the matching event; this slow
+# re-check covers events missed while no monitor was running.
+WAITING_RECHECK_SECONDS = 5.0
+# Upper bound on one sleep of the loop, so the watchdog hook runs even on an idle node.
+MAX_IDLE_SLEEP_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Action:
+    """One operation the reconciler wants to start (shown by ``plan``)."""
+
+    kind: str  # mount_volume | unmount_volume | unmount_device
+    volume_id: str
+    pod_uid: str | None
+    pod: str | None  # "namespace/name"
+    outer_name: str | None
+    plugin_name: str
+    detail: str
+    blocked_by: str | None = None  # "in progress: ..." / "backoff: retry in 3.2s"
+
+    def to_dict(self) -> dict:
+        return {
+            "action": self.kind,
+            "volume_id": self.volume_id,
+            "pod": self.pod,
+            "pod_uid": self.pod_uid,
+            "volume": self.outer_name,
+            "plugin": self.plugin_name,
+            "detail": self.detail,
+            "blocked_by": self.blocked_by,
+        }
+
+
+class Reconciler:
+    def __init__(
+        self,
+        dsw: DesiredStateOfWorld,
+        asw: ActualStateOfWorld,
+        executor: OperationExecutor,
+        generator: OperationGenerator,
+        ready_to_unmount: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
+        full_resync_seconds: float = FULL_RESYNC_SECONDS,
+    ) -> None:
+        self._dsw = dsw
+        self._asw = asw
+        self._executor = executor
+        self._generator = generator
+        self._ready_to_unmount = ready_to_unmount
+        self._clock = clock
+        self._full_resync_seconds = full_resync_seconds
+        self._cond = threading.Condition()
+        self._dirty: set[str] = set()
+        self._all_dirty = True
+        self._timers: list[tuple[float, str]] = []
+        self._waiting: set[str] = set()
+        self._stop = False
+        self.passes = 0
+        self.last_pass_at: float | None = None
+        self.last_pass_duration = 0.0
+        self.on_pass: list[Callable[[float, int], None]] = []
+        executor.add_completion_callback(self._on_operation_complete)
+
+    # --- events ---------------------------------------------------------------------------
+
+    def mark_dirty(self, volume_ids: Iterable[str]) -> None:
+        with self._cond:
+            before = len(self._dirty)
+            self._dirty.update(volume_ids)
+            if len(self._dirty) != before:
+                self._cond.notify()
+
+    def mark_all_dirty(self) -> None:
+        with self._cond:
+            self._all_dirty = True
+            self._cond.notify()
+
+    def wake_waiting(self) -> None:
+        """A device or driver event: re-examine every volume that waits for one."""
+        with self._cond:
+            if self._waiting:
+                self._dirty |= self._waiting
+                self._cond.notify()
+
+    def waiting_volumes(self) -> set[str]:
+        with self._cond:
+            return set(self._waiting)
+
+    def _schedule(self, delay: float, volume_id: str) -> None:
+        with self._cond:
+            heapq.heappush(self._timers, (self._clock() + delay, volume_id))
+            self._cond.notify()
+
+    def _on_operation_complete(self, outcome: OperationOutcome) -> None:
+        vid = outcome.key.volume_id
+        with self._cond:
+            if isinstance(outcome.error, WaitingError):
+                self._waiting.add(vid)
+            else:
+                self._waiting.discard(vid)
+        if outcome.error is not None and not isinstance(outcome.error, WaitingError):
+            remaining = self._executor.backoff_remaining(outcome.key)
+            self._schedule(remaining + 0.001, vid)
+        elif isinstance(outcome.error, WaitingError):
+            self._schedule(WAITING_RECHECK_SECONDS, vid)
+        self.mark_dirty([vid])
+
+    # --- the loop -------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+
+    def run(self, on_tick: Callable[[], None] | None = None) -> None:
+        """Loop until ``stop``. ``on_tick`` runs after every wake-up (the systemd watchdog
+        ping lives there, so a wedged loop stops pinging)."""
+        last_full = self._clock()
+        while True:
+            with self._cond:
+                while not self._stop:
+                    now = self._clock()
+                    due = self._pop_due_timers(now)
+                    if due:
+                        self._dirty |= due
+                    if now - last_full >= self._full_resync_seconds:
+                        self._all_dirty = True
+                    if self._dirty or self._all_dirty:
+                        break
+                    wait = min(MAX_IDLE_SLEEP_SECONDS, last_full + self._full_resync_seconds - now)
+                    if self._timers:
+                        wait = min(wait, self._timers[0][0] - now)
+                    self._cond.wait(max(wait, 0.0))
+                    if on_tick is not None:
+                        on_tick()
+                if self._stop:
+                    return
+                full = self._all_dirty
+                dirty = None if full else self._dirty
+                self._dirty = set()
+                self._all_dirty = False
+            if full:
+                last_full = self._clock()
+            try:
+                self.reconcile(dirty)
+            except Exception:  # noqa: BLE001 - the loop must survive a bug in one pass
+                log.exception("reconciler pass failed")
+            if on_tick is not None:
+                on_tick()
+
+    def _pop_due_timers(self, now: float) -> set[str]:
+        due: set[str] = set()
+        while self._timers and self._timers[0][0] <= now:
+            due.add(heapq.heappop(self._timers)[1])
+        return due
+
+    # --- one pass -------------------------------------------------------------------------
+
+    def reconcile(self, volume_ids: set[str] | None = None) -> list[Action]:
+        """One pass over ``volume_ids`` (None: all). Starts operations; returns what it started."""
+        start = self._clock()
+        actions = self.decide(volume_ids)
+        started: list[Action] = []
+        for action in actions:
+            if self._start(action):
+                started.append(action)
+        self._forget_gone(volume_ids)
+        self.passes += 1
+        self.last_pass_at = time.time()
+        self.last_pass_duration = self._clock() - start
+        for cb in self.on_pass:
+            cb(self.last_pass_duration, len(started))
+        return started
+
+    def _forget_gone(self, volume_ids: set[str] | None) -> None:
+        if volume_ids is None:
+            return
+        for vid in volume_ids:
+            if not self._dsw.volume_exists(vid) and self._asw.get_volume(vid) is None and not self._executor.is_pending(vid):
+                self._executor.forget_volume(vid)
+                self._asw.forget_volume_results(vid)
+                with self._cond:
+                    self._waiting.discard(vid)
+
+    def decide(self, volume_ids: set[str] | None = None) -> list[Action]:
+        """The operations this pass would start, in order, without starting any."""
+        if volume_ids is None:
+            volume_ids = self._dsw.volume_ids() | self._asw.volume_ids()
+        ids = sorted(volume_ids)
+        ready = self._ready_to_unmount()
+        actions: list[Action] = []
+        mounted = self._asw.mounted_volumes(ids)
+        # 1. pod views that are no longer desired
+        if ready:
+            for mv in mounted:
+                if not self._dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid):
+                    actions.append(self._unmount_volume_action(mv))
+        # 2. desired pod views that are not certainly mounted
+        for vtm in self._dsw.volumes_to_mount(ids):
+            if self._asw.pod_state(vtm.volume_id, vtm.pod.uid) is not VolumeMountState.MOUNTED:
+                actions.append(self._mount_action(vtm))
+        # 3. staged devices no pod uses any more
+        if ready:
+            for av in self._asw.attached_volumes(ids):
+                if (
+                    av.device_mountable
+                    and av.device_state.may_be_mounted
+                    and not av.pod_uids
+                    and not self._dsw.volume_exists(av.volume_id)
+                ):
+                    actions.append(self._unmount_device_action(av))
+        return [self._annotate(a) for a in actions]
+
+    def _annotate(self, a: Action) -> Action:
+        key = OperationKey(a.volume_id, a.pod_uid)
+        running = self._executor.pending_operation(a.volume_id, a.pod_uid)
+        if running is not None:
+            return replace(a, blocked_by=f"in progress: {running}")
+        remaining = self._executor.backoff_remaining(key)
+        if remaining > 0:
+            return replace(a, blocked_by=f"backoff: retry in {remaining:.1f}s")
+        return a
+
+    def _mount_action(self, vtm: VolumeToMount) -> Action:
+        return Action(
+            MOUNT_VOLUME,
+            vtm.volume_id,
+            None if vtm.device_mountable else vtm.pod.uid,
+            vtm.pod.key,
+            vtm.outer_name,
+            vtm.plugin_name,
+            ("stage and " if vtm.device_mountable and self._asw.device_state(vtm.volume_id) is not DeviceMountState.MOUNTED else "")
+            + f"mount {vtm.outer_name} for pod {vtm.pod.key}",
+        )
+
+    def _unmount_volume_action(self, mv: MountedVolume) -> Action:
+        return Action(
+            UNMOUNT_VOLUME, mv.volume_id, mv.pod.uid, mv.pod.key, mv.outer_name, mv.plugin_name,
+            f"unmount {mv.mount_path}" + (" (uncertain)" if mv.state is VolumeMountState.UNCERTAIN else ""),
+        )
+
+    def _unmount_device_action(self, av: AttachedVolume) -> Action:
+        return Action(
+            UNMOUNT_DEVICE, av.volume_id, None, None, None, av.plugin_name,
+            f"unstage {av.device_mount_path or av.volume_id}"
+            + (" (uncertain)" if av.device_state is DeviceMountState.UNCERTAIN else ""),
+        )
+
+    def _start(self, action: Action) -> bool:
+        if action.blocked_by is not None and action.blocked_by.startswith("in progress"):
+            return False
+        key = OperationKey(action.volume_id, action.pod_uid)
+        op = self._generate(action)
+        if op is None:
+            return False
+        try:
+            self._executor.run(key, op.name, op.fn, plugin=action.plugin_name)
+        except AlreadyPendingError:
+            return False
+        except BackoffError as e:
+            self._schedule(e.retry_in + 0.001, action.volume_id)
+            return False
+        return True
+
+    def _generate(self, action: Action):
+        vid = action.volume_id
+        if action.kind == MOUNT_VOLUME:
+            # Re-read the desired entry: the action is only a description.
+            for vtm in self._dsw.volumes_to_mount([vid]):
+                if vtm.pod.key == action.pod and vtm.outer_name == action.outer_name:
+                    return self._generator.mount_volume(
+                        vtm, self._asw.device_state(vid), self._asw.pod_state(vid, vtm.pod.uid)
+                    )
+            return None
+        if action.kind == UNMOUNT_VOLUME:
+            mv = self._asw.get_mount(vid, action.pod_uid or "")
+            return self._generator.unmount_volume(mv) if mv is not None else None
+        if action.kind == UNMOUNT_DEVICE:
+            av = self._asw.get_volume(vid)
+            return self._generator.unmount_device(av) if av is not None else None
+        raise ValueError(f"unknown action {action.kind}")

@@ -1,0 +1,203 @@
+"""What ``status``, ``explain`` and ``wait`` show: one row per (pod, volume), desired vs actual,
+with the cause of anything not mounted. Built from the caches by the daemon, or from the disk
+(manifests + root dir + mountinfo) when no daemon answers."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import time
+from dataclasses import asdict, dataclass
+
+from operation_executor.errors import OperationError, WaitingError
+from operation_executor.executor import OperationExecutor, OperationKey
+from operation_executor.states import DeviceMountState, VolumeMountState
+from volumemanager.cache.actual_state import ActualStateOfWorld, OperationResult
+from volumemanager.cache.desired_state import DesiredPod, DesiredStateOfWorld
+
+MOUNTED = "mounted"
+PENDING = "pending"
+WAITING = "waiting"
+ERROR = "error"
+UNCERTAIN = "uncertain"
+UNMOUNTING = "unmounting"
+STATES = (MOUNTED, PENDING, WAITING, ERROR, UNCERTAIN, UNMOUNTING)
+
+# How operations are called in CSI terms, for people who know their driver's log.
+CSI_CALL_NAMES = {
+    "MountDevice": "NodeStageVolume",
+    "SetUp": "NodePublishVolume",
+    "TearDown": "NodeUnpublishVolume",
+    "UnmountDevice": "NodeUnstageVolume",
+}
+
+
+@dataclass
+class VolumeRow:
+    pod: str
+    pod_uid: str
+    volume: str
+    plugin: str | None
+    desired: bool
+    state: str
+    mount_path: str | None = None
+    device_path: str | None = None
+    device_mount_path: str | None = None
+    last_error: str | None = None
+    error_code: str | None = None
+    error_operation: str | None = None
+    error_since: float | None = None
+    next_retry_seconds: float | None = None
+    waiting_for: str | None = None
+    volume_id: str | None = None
+    in_progress: str | None = None
+    reason: str | None = None  # why an unresolved volume cannot be mounted
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["next_retry_seconds"] is not None:
+            d["next_retry_seconds"] = round(d["next_retry_seconds"], 1)
+        return d
+
+
+def _operation_label(plugin: str | None, operation: str) -> str:
+    if plugin == "kubernetes.io/csi":
+        return CSI_CALL_NAMES.get(operation, operation)
+    return operation
+
+
+def _apply_result(row: VolumeRow, result: OperationResult | None) -> None:
+    if result is None or result.error is None:
+        return
+    err: OperationError = result.error
+    row.last_error = str(err)
+    row.error_code = err.code
+    row.error_operation = _operation_label(row.plugin, result.operation)
+    row.error_since = result.since
+    if isinstance(err, WaitingError):
+        row.waiting_for = err.waiting_for
+
+
+def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: OperationExecutor) -> list[VolumeRow]:
+    rows: list[VolumeRow] = []
+    desired_pairs: set[tuple[str, str]] = set()
+    for dp in dsw.pods():
+        for u in dp.unresolved:
+            rows.append(
+                VolumeRow(
+                    pod=dp.pod.key, pod_uid=dp.pod.uid, volume=u.outer_name, plugin=u.plugin_name, desired=True,
+                    state=WAITING, last_error=u.reason, reason=u.reason, waiting_for=u.waiting_for,
+                )
+            )
+        for vtm in dp.volumes:
+            desired_pairs.add((vtm.volume_id, vtm.pod.uid))
+            rows.append(_desired_row(dp, vtm, asw, executor))
+    for mv in asw.mounted_volumes():
+        if (mv.volume_id, mv.pod.uid) in desired_pairs:
+            continue
+        av = asw.get_volume(mv.volume_id)
+        row = VolumeRow(
+            pod=mv.pod.key, pod_uid=mv.pod.uid, volume=mv.outer_name, plugin=mv.plugin_name, desired=False,
+            state=UNMOUNTING, mount_path=mv.mount_path, volume_id=mv.volume_id,
+            device_path=av.device_path if av else None, device_mount_path=mv.device_mount_path,
+        )
+        _apply_result(row, asw.result(mv.volume_id, mv.pod.uid))
+        key = OperationKey(mv.volume_id, mv.pod.uid)
+        row.in_progress = executor.pending_operation(mv.volume_id, mv.pod.uid)
+        row.next_retry_seconds = executor.backoff_remaining(key) or None
+        rows.append(row)
+    rows.sort(key=lambda r: (r.pod, r.volume))
+    return rows
+
+
+def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: OperationExecutor) -> VolumeRow:
+    vid, uid = vtm.volume_id, vtm.pod.uid
+    av = asw.get_volume(vid)
+    mv = asw.get_mount(vid, uid)
+    row = VolumeRow(
+        pod=dp.pod.key, pod_uid=uid, volume=vtm.outer_name, plugin=vtm.plugin_name, desired=True, state=PENDING,
+        volume_id=vid, mount_path=mv.mount_path if mv else None,
+        device_path=av.device_path if av else None, device_mount_path=av.device_mount_path if av else None,
+    )
+    pod_state = mv.state if mv else VolumeMountState.NOT_MOUNTED
+    key_pod = None if vtm.device_mountable else uid
+    row.in_progress = executor.pending_operation(vid, key_pod)
+    device_staged = av is not None and av.device_state is DeviceMountState.MOUNTED
+    # The error that blocks this pod: the staging error while the device is not staged,
+    # else the pod's own SetUp error.
+    result = None
+    if vtm.device_mountable and not device_staged:
+        result = asw.result(vid, None)
+    if result is None or result.error is None:
+        result = asw.result(vid, uid)
+    _apply_result(row, result)
+    retry = executor.backoff_remaining(OperationKey(vid, key_pod))
+    row.next_retry_seconds = retry if retry > 0 else None
+    if pod_state is VolumeMountState.MOUNTED:
+        row.state = MOUNTED
+        row.last_error = row.error_code = row.error_operation = row.error_since = row.waiting_for = None
+        row.next_retry_seconds = None
+    elif pod_state is VolumeMountState.UNCERTAIN:
+        row.state = UNCERTAIN
+    elif row.in_progress:
+        row.state = PENDING
+    elif row.waiting_for is not None:
+        row.state = WAITING
+    elif row.last_error is not None:
+        row.state = ERROR
+    return row
+
+
+def _ago(ts: float | None) -> str:
+    if ts is None:
+        return ""
+    when = _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return f" since {when} ({max(0, int(time.time() - ts))}s ago)"
+
+
+def explain_row(row: VolumeRow, drivers: set[str] | None = None) -> list[str]:
+    """The chain of causes for one row, most direct first."""
+    lines: list[str] = []
+    if row.state == MOUNTED:
+        lines.append(f"mounted at {row.mount_path}")
+        if row.device_mount_path:
+            lines.append(f"staged at {row.device_mount_path}" + (f" from {row.device_path}" if row.device_path else ""))
+        return lines
+    if row.reason is not None:
+        lines.append(f"not mounted: {row.reason}")
+        return lines
+    if row.state == UNMOUNTING:
+        lines.append(f"no longer desired; being unmounted from {row.mount_path}")
+    elif row.state == UNCERTAIN:
+        lines.append(f"possibly mounted at {row.mount_path}: the last attempt's outcome is unknown; retrying")
+    else:
+        lines.append("not mounted")
+    if row.waiting_for is not None:
+        wf = row.waiting_for
+        if wf.startswith("CSI driver ") and drivers is not None and wf[len("CSI driver "):] not in drivers:
+            name = wf[len("CSI driver "):]
+            lines.append(
+                f"waiting for CSI driver {name}: not registered (no registration socket in plugins_registry/, "
+                f"no --csi-driver {name}=...){_ago(row.error_since)}"
+            )
+        else:
+            lines.append(f"waiting for {wf}{_ago(row.error_since)}")
+    elif row.last_error is not None:
+        lines.append(f"last error from {row.error_operation}: {row.last_error}{_ago(row.error_since)}")
+    if row.in_progress:
+        lines.append(f"operation {row.in_progress} in progress")
+    elif row.next_retry_seconds:
+        lines.append(f"next retry in {row.next_retry_seconds:.1f} s")
+    return lines
+
+
+def find_orphans(root_dir: str, table, known_paths: set[str]) -> list[dict]:
+    """Mounts under the root dir that nothing desired or recorded accounts for."""
+    root = os.path.abspath(root_dir)
+    orphans = []
+    for mi in table.under(root):
+        if mi.mount_point == root or mi.mount_point in known_paths:
+            continue
+        orphans.append({"mount_path": mi.mount_point, "reason": "mounted under the root dir but not desired by any pod",
+                        "fs_type": mi.fs_type})
+    return orphans

@@ -1,0 +1,270 @@
+"""Wires the volume manager together: source -> populator -> DSW; reconciler -> executor ->
+plugins -> ASW; plus device and driver events that wake the volumes waiting for them.
+
+The public surface is what the daemon and the admin API need: ``start``/``stop``,
+``status``, ``explain``, ``plan`` and ``wait_for_mount``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Callable
+
+from mount_utils.mounter import LinuxMounter
+from operation_executor.executor import OperationExecutor, OperationOutcome
+from operation_executor.generator import OperationGenerator
+from operation_executor.journal import IntentJournal
+from operation_executor.plugin import PluginRegistry
+from volumemanager import status as st
+from volumemanager.cache.actual_state import ActualStateOfWorld
+from volumemanager.cache.desired_state import DesiredStateOfWorld
+from volumemanager.config import DaemonConfig
+from volumemanager.plugin_host import DaemonPluginHost
+from volumemanager.plugins.empty_dir import EmptyDirPlugin
+from volumemanager.plugins.host_path import HostPathPlugin
+from volumemanager.populator import DesiredStatePopulator
+from volumemanager.reconciler import Reconciler
+
+log = logging.getLogger(__name__)
+
+
+class NoSuchPod(LookupError):
+    pass
+
+
+def build_plugins(host: DaemonPluginHost, driver_registry=None) -> PluginRegistry:
+    """Every built-in plugin. CSI needs the driver registry; the others only the host."""
+    from volumemanager.plugins.csi import CSIPlugin
+    from volumemanager.plugins.local import LocalPlugin
+    from volumemanager.plugins.nfs import NFSPlugin
+
+    reg = PluginRegistry()
+    reg.register(EmptyDirPlugin(host))
+    reg.register(HostPathPlugin(host))
+    reg.register(LocalPlugin(host))
+    reg.register(NFSPlugin(host))
+    if driver_registry is None:
+        from volumemanager.csi.registry import DriverRegistry
+
+        driver_registry = DriverRegistry()
+    reg.register(CSIPlugin(host, driver_registry))
+    return reg
+
+
+class VolumeManager:
+    def __init__(
+        self,
+        config: DaemonConfig,
+        source,
+        mounter=None,
+        journal: IntentJournal | None = None,
+        metrics=None,
+        watch_devices: bool = True,
+        watch_plugins: bool = True,
+    ) -> None:
+        from volumemanager.csi.registry import DriverRegistry
+
+        self.config = config
+        self.mounter = mounter or LinuxMounter()
+        self.host = DaemonPluginHost(config.root_dir, config.node_name, self.mounter)
+        self.drivers = DriverRegistry()
+        self.plugins = build_plugins(self.host, self.drivers)
+        self.dsw = DesiredStateOfWorld()
+        self.asw = ActualStateOfWorld()
+        self.executor = OperationExecutor()
+        self.generator = OperationGenerator(self.plugins, self.asw, journal)
+        self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed)
+        self.host.set_secret_lookup(self.populator.get_secret)
+        self.reconciler = Reconciler(
+            self.dsw, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
+        )
+        self.metrics = metrics
+        if metrics is not None:
+            self.executor.add_completion_callback(self._record_metrics)
+            self.reconciler.on_pass.append(lambda secs, n: metrics.observe_reconcile(secs))
+        self._watch_devices = watch_devices
+        self._watch_plugins = watch_plugins
+        self._device_source = None
+        self._registration = None
+        self._thread: threading.Thread | None = None
+        self._reconstructed = False
+        self.on_tick: Callable[[], None] | None = None
+        self.started_at = time.time()
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def _volumes_changed(self, volume_ids: set[str]) -> None:
+        self.reconciler.mark_dirty(volume_ids)
+
+    def _ready_to_unmount(self) -> bool:
+        return self.populator.has_added_pods and self._reconstructed
+
+    def _record_metrics(self, outcome: OperationOutcome) -> None:
+        from operation_executor.errors import is_uncertain
+
+        result = "success" if outcome.error is None else ("uncertain" if is_uncertain(outcome.error) else "error")
+        self.metrics.observe_operation(outcome.operation, outcome.plugin, result, outcome.duration)
+
+    def start(self) -> None:
+        """Read the desired state, reconstruct the actual state, run the first pass, then
+        start the loop. Returns when the first pass has started its operations."""
+        self._start_drivers()
+        self.populator.start()
+        self.reconstruct()
+        self.reconciler.reconcile(None)
+        if self._watch_devices:
+            self._start_device_events()
+        self._thread = threading.Thread(target=self.reconciler.run, kwargs={"on_tick": self._tick},
+                                        name="vm-reconciler", daemon=True)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        if self.on_tick is not None:
+            self.on_tick()
+
+    def reconstruct(self) -> None:
+        from volumemanager.reconstruct import reconstruct_actual_state
+
+        try:
+            reconstruct_actual_state(self)
+        finally:
+            self._reconstructed = True
+
+    def _start_drivers(self) -> None:
+        from volumemanager.csi.registration import PluginRegistrationWatcher, parse_static_driver
+
+        self.drivers.subscribe(lambda name: self.reconciler.wake_waiting())
+        for spec in self.config.csi_driver:
+            name, endpoint = parse_static_driver(spec)
+            self._register_static(name, endpoint)
+        if self._watch_plugins:
+            self._registration = PluginRegistrationWatcher(self.config.registry_dir, self.drivers)
+            self._registration.start()
+
+    def _register_static(self, name: str, endpoint: str) -> None:
+        from volumemanager.csi import registration
+
+        registration.register_static_driver(self.drivers, name, endpoint)
+
+    def _start_device_events(self) -> None:
+        try:
+            from volumemanager.devices import DeviceEventSource
+
+            self._device_source = DeviceEventSource()
+            self._device_source.start(lambda ev: self.reconciler.wake_waiting())
+        except Exception as e:  # noqa: BLE001 - the slow re-check still finds devices
+            log.warning("device events unavailable, relying on periodic re-checks: %s", e)
+            self._device_source = None
+
+    def stop(self, wait_operations: float = 30.0) -> None:
+        """Stop the loop and the watchers. Mounts stay: stopping is not unmounting."""
+        self.reconciler.stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        for thing in (self._device_source, self._registration):
+            if thing is not None:
+                try:
+                    thing.stop()
+                except Exception:  # noqa: BLE001
+                    log.exception("stopping %s failed", type(thing).__name__)
+        self.populator.stop()
+        self.executor.wait_idle(wait_operations)
+        self.executor.shutdown(wait=False)
+
+    def resync(self) -> None:
+        """SIGHUP: re-read the desired state now and look at every volume."""
+        self.populator.source.resync()
+        self.populator.sync(force=True)
+        self.reconciler.mark_all_dirty()
+
+    # --- queries --------------------------------------------------------------------------
+
+    def rows(self) -> list[st.VolumeRow]:
+        return st.daemon_rows(self.dsw, self.asw, self.executor)
+
+    def known_mount_paths(self) -> set[str]:
+        paths: set[str] = set()
+        for av in self.asw.attached_volumes():
+            if av.device_mount_path:
+                paths.add(av.device_mount_path)
+        for mv in self.asw.mounted_volumes():
+            paths.add(mv.mount_path)
+        return paths
+
+    def status(self) -> dict:
+        table = self.mounter.mount_table()
+        snap = self.populator.snapshot
+        return {
+            "node": self.config.node_name,
+            "source": "daemon",
+            "root_dir": self.config.root_dir,
+            "volumes": [r.to_dict() for r in self.rows()],
+            "orphans": st.find_orphans(self.config.root_dir, table, self.known_mount_paths()),
+            "drivers": [_driver_dict(d) for d in self.drivers.list()],
+            "manifest_errors": [e.to_dict() for e in snap.errors],
+            "reconciler": {
+                "passes": self.reconciler.passes,
+                "last_pass_duration_ms": round(self.reconciler.last_pass_duration * 1000, 3),
+                "operations_in_flight": self.executor.pending_count(),
+            },
+        }
+
+    def explain(self, pod_key: str, volume: str | None = None) -> tuple[int, dict]:
+        """(exit code, explanation): 0 all mounted, 1 not mounted, 2 no such pod/volume."""
+        dp = self.dsw.find_pod(pod_key)
+        if dp is None:
+            return 2, {"pod": pod_key, "found": False, "lines": [f"no pod {pod_key} in the desired state"]}
+        rows = [r for r in self.rows() if r.pod_uid == dp.pod.uid and r.desired]
+        if volume is not None:
+            rows = [r for r in rows if r.volume == volume]
+            if not rows:
+                return 2, {"pod": pod_key, "found": False, "lines": [f"pod {pod_key} has no volume {volume}"]}
+        drivers = {d.name for d in self.drivers.list()}
+        out = []
+        for r in rows:
+            out.append({"volume": r.volume, "state": r.state, "lines": st.explain_row(r, drivers), "row": r.to_dict()})
+        if not rows:
+            out_lines = [f"pod {pod_key} has no volumes"]
+        else:
+            out_lines = []
+        all_mounted = all(r.state == st.MOUNTED for r in rows)
+        return (0 if all_mounted else 1), {"pod": pod_key, "found": True, "volumes": out, "lines": out_lines,
+                                            "source": dp.source}
+
+    def plan(self) -> list[dict]:
+        return [a.to_dict() for a in self.reconciler.decide(None)]
+
+    def pod_mounted(self, pod_key: str) -> bool | None:
+        dp = self.dsw.find_pod(pod_key)
+        if dp is None:
+            return None
+        if dp.unresolved:
+            return False
+        return all(self.asw.pod_state(v.volume_id, v.pod.uid).value == "mounted" for v in dp.volumes)
+
+    def wait_for_mount(self, pod_key: str, timeout: float) -> bool | None:
+        """Block until every volume of the pod is mounted. None: no such pod (at the end)."""
+        deadline = time.monotonic() + timeout
+        with self.asw.changed:
+            while True:
+                state = self.pod_mounted(pod_key)
+                if state:
+                    return True
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return state
+                # The DSW changes without touching the ASW (a pod appears): wake regularly.
+                self.asw.changed.wait(min(remaining, 0.5))
+
+
+def _driver_dict(d) -> dict:
+    return {
+        "name": d.name,
+        "endpoint": d.endpoint,
+        "node_id": d.node_id,
+        "capabilities": sorted(d.capabilities),
+        "source": d.source,
+        "registered_at": d.registered_at,
+    }
