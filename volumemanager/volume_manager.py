@@ -36,20 +36,25 @@ class NoSuchPod(LookupError):
 
 def build_plugins(host: DaemonPluginHost, driver_registry=None) -> PluginRegistry:
     """Every built-in plugin. CSI needs the driver registry; the others only the host."""
-    from volumemanager.plugins.csi import CSIPlugin
-    from volumemanager.plugins.local import LocalPlugin
-    from volumemanager.plugins.nfs import NFSPlugin
-
     reg = PluginRegistry()
     reg.register(EmptyDirPlugin(host))
     reg.register(HostPathPlugin(host))
-    reg.register(LocalPlugin(host))
+    try:  # TEMPORARY while the plugins land
+        from volumemanager.plugins.local import LocalPlugin
+        reg.register(LocalPlugin(host))
+    except ImportError:
+        pass
+    from volumemanager.plugins.nfs import NFSPlugin
     reg.register(NFSPlugin(host))
-    if driver_registry is None:
-        from volumemanager.csi.registry import DriverRegistry
+    try:
+        from volumemanager.plugins.csi import CSIPlugin
+        if driver_registry is None:
+            from volumemanager.csi.registry import DriverRegistry
 
-        driver_registry = DriverRegistry()
-    reg.register(CSIPlugin(host, driver_registry))
+            driver_registry = DriverRegistry()
+        reg.register(CSIPlugin(host, driver_registry))
+    except ImportError:
+        pass
     return reg
 
 
@@ -80,6 +85,7 @@ class VolumeManager:
         self.reconciler = Reconciler(
             self.dsw, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
         )
+        self.executor.add_completion_callback(_log_outcome)
         self.metrics = metrics
         if metrics is not None:
             self.executor.add_completion_callback(self._record_metrics)
@@ -257,6 +263,29 @@ class VolumeManager:
                     return state
                 # The DSW changes without touching the ASW (a pod appears): wake regularly.
                 self.asw.changed.wait(min(remaining, 0.5))
+
+
+def _log_outcome(outcome: OperationOutcome) -> None:
+    """One line per finished operation, with the fields operators filter on."""
+    from operation_executor.errors import WaitingError
+    from operation_executor.generator import outcome_word
+
+    err = outcome.error
+    fields = {
+        "volume": outcome.key.volume_id,
+        "pod_uid": outcome.key.pod_uid,
+        "operation": outcome.operation,
+        "plugin": outcome.plugin,
+        "duration_ms": round(outcome.duration * 1000, 2),
+        "result": outcome_word(err),
+    }
+    if err is None:
+        log.info("%s succeeded for %s", outcome.operation, outcome.key.volume_id, extra=fields)
+    elif isinstance(err, WaitingError):
+        log.info("%s waiting: %s", outcome.operation, err, extra=fields)
+    else:
+        fields["error"] = str(err)
+        log.warning("%s failed for %s: %s", outcome.operation, outcome.key.volume_id, err, extra=fields)
 
 
 def _driver_dict(d) -> dict:
