@@ -1,0 +1,100 @@
+"""OperationExecutor: exclusivity per key (with whole-volume wildcards) and per-key backoff."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from operation_executor.backoff import INITIAL_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, next_backoff
+from operation_executor.errors import AlreadyPendingError, BackoffError, FinalError, WaitingError
+from operation_executor.executor import OperationExecutor, OperationKey
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = 1000.0
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def blocker():
+    ev = threading.Event()
+    return ev, (lambda: ev.wait(5))
+
+
+def test_whole_volume_key_conflicts_with_pod_keys_and_pods_run_in_parallel():
+    ex = OperationExecutor(max_workers=4)
+    release, block = blocker()
+    ex.run(OperationKey("v", "pod-a"), "mount", block)
+    ex.run(OperationKey("v", "pod-b"), "mount", block)  # another pod: parallel
+    with pytest.raises(AlreadyPendingError):
+        ex.run(OperationKey("v", "pod-a"), "unmount", lambda: None)
+    with pytest.raises(AlreadyPendingError):
+        ex.run(OperationKey("v"), "unmount_device", lambda: None)
+    ex.run(OperationKey("other"), "mount", lambda: None)
+    assert ex.is_pending("v") and ex.is_pending("v", "pod-a") and not ex.is_pending("v", "pod-c")
+    release.set()
+    assert ex.wait_idle(5)
+    ex.shutdown()
+
+
+def test_pod_key_conflicts_with_running_whole_volume_op():
+    ex = OperationExecutor()
+    release, block = blocker()
+    ex.run(OperationKey("v"), "mount", block)
+    with pytest.raises(AlreadyPendingError):
+        ex.run(OperationKey("v", "p"), "unmount", lambda: None)
+    release.set()
+    ex.wait_idle(5)
+    ex.shutdown()
+
+
+def test_backoff_after_failure_and_reset_by_other_operation():
+    clock = Clock()
+    done = threading.Event()
+    ex = OperationExecutor(clock=clock, on_complete=lambda o: done.set())
+
+    def fail():
+        raise FinalError("boom")
+
+    key = OperationKey("v")
+    ex.run(key, "mount", fail)
+    assert done.wait(5)
+    ex.wait_idle(5)
+    with pytest.raises(BackoffError) as e:
+        ex.run(key, "mount", fail)
+    assert 0 < e.value.retry_in <= INITIAL_BACKOFF_SECONDS * 1.1
+    ex.run(key, "unmount", lambda: None)  # a different operation is not held back
+    ex.wait_idle(5)
+    ex.run(key, "mount", lambda: None)  # the success cleared the backoff
+    ex.wait_idle(5)
+    ex.shutdown()
+
+
+def test_waiting_is_not_backed_off():
+    ex = OperationExecutor()
+    key = OperationKey("v")
+
+    def wait():
+        raise WaitingError("no device", waiting_for="device /dev/x")
+
+    ex.run(key, "mount", wait)
+    ex.wait_idle(5)
+    ex.run(key, "mount", wait)  # immediately again: no BackoffError
+    ex.wait_idle(5)
+    ex.shutdown()
+
+
+def test_backoff_doubles_to_cap_with_jitter():
+    b = None
+    seen = []
+    for i in range(20):
+        b = next_backoff(b, "mount", float(i))
+        seen.append(b.base)
+    assert seen[0] == INITIAL_BACKOFF_SECONDS and seen[1] == 2 * INITIAL_BACKOFF_SECONDS
+    assert seen[-1] == MAX_BACKOFF_SECONDS
+    assert next_backoff(b, "unmount", 0.0).base == INITIAL_BACKOFF_SECONDS
