@@ -18,6 +18,8 @@ log = logging.getLogger("volumemanager.daemon")
 MAIN_LOOP_SECONDS = 0.5
 # `wait` over the admin API is capped so a forgotten client does not hold a thread forever.
 MAX_WAIT_SECONDS = 24 * 3600
+# Volumes-by-state gauges are recomputed at most this often (an O(volumes) walk).
+STATE_METRICS_SECONDS = 5.0
 
 
 class Daemon:
@@ -33,6 +35,9 @@ class Daemon:
         self.metrics = metrics if metrics is not None else start_metrics(cfg.metrics_address)
         self.vm = VolumeManager(cfg, source or ManifestDirSource(cfg.manifest_dir), metrics=self.metrics)
         self.vm.on_tick = self._tick
+        interval = self.notifier.watchdog_interval()
+        if interval:
+            self.vm.reconciler.max_idle_sleep = min(self.vm.reconciler.max_idle_sleep, interval)
         self.server = AdminServer(
             cfg.socket,
             {"status": self.vm.status, "explain": self._explain, "wait": self._wait, "plan": self._plan,
@@ -41,6 +46,12 @@ class Daemon:
         self._stop = threading.Event()
         self._reload = threading.Event()
         self._last_status = ""
+        self._last_state_metrics = 0.0
+        self._stats = None
+        if getattr(self.metrics, "enabled", False):
+            from volumemanager.stats_collector import VolumeStatsCollector
+
+            self._stats = VolumeStatsCollector(self.vm, self.metrics)
 
     # --- admin methods --------------------------------------------------------------------
 
@@ -64,6 +75,14 @@ class Daemon:
     def _tick(self) -> None:
         """Runs on the reconciler's thread after each wake-up: a wedged reconciler stops pinging."""
         self.notifier.watchdog_ping_if_due()
+        now = time.monotonic()
+        if self._stats is not None and now - self._last_state_metrics >= STATE_METRICS_SECONDS:
+            self._last_state_metrics = now
+            counts: dict[tuple[str, str], int] = {}
+            for r in self.vm.rows():
+                k = ("true" if r.desired else "false", r.state)
+                counts[k] = counts.get(k, 0) + 1
+            self.metrics.set_volume_states(counts)
         text = f"{self.vm.executor.pending_count()} operations in flight; {len(self.vm.dsw)} pods desired"
         if text != self._last_status:
             self._last_status = text
@@ -79,6 +98,8 @@ class Daemon:
         started = time.monotonic()
         self.server.start()
         self.vm.start()
+        if self._stats is not None:
+            self._stats.start()
         ready_in = time.monotonic() - started
         counts = self.vm.status()["volumes"]
         mounted = sum(1 for r in counts if r["state"] == "mounted")
@@ -92,6 +113,8 @@ class Daemon:
         self.notifier.stopping()
         log.info("stopping; mounts stay in place")
         self.server.stop()
+        if self._stats is not None:
+            self._stats.stop()
         self.vm.stop()
         self.metrics.stop()
         return 0

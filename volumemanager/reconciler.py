@@ -95,6 +95,8 @@ class Reconciler:
         self.last_pass_at: float | None = None
         self.last_pass_duration = 0.0
         self.on_pass: list[Callable[[float, int], None]] = []
+        # The daemon lowers this to the systemd watchdog's ping interval.
+        self.max_idle_sleep = MAX_IDLE_SLEEP_SECONDS
         executor.add_completion_callback(self._on_operation_complete)
 
     # --- events ---------------------------------------------------------------------------
@@ -163,7 +165,7 @@ class Reconciler:
                         self._all_dirty = True
                     if self._dirty or self._all_dirty:
                         break
-                    wait = min(MAX_IDLE_SLEEP_SECONDS, last_full + self._full_resync_seconds - now)
+                    wait = min(self.max_idle_sleep, last_full + self._full_resync_seconds - now)
                     if self._timers:
                         wait = min(wait, self._timers[0][0] - now)
                     self._cond.wait(max(wait, 0.0))

@@ -1,0 +1,83 @@
+"""Per-volume filesystem statistics for metrics, gathered off the reconciler's thread.
+
+Each mounted volume is asked through its plugin (CSI: NodeGetVolumeStats) or, for local
+filesystems, with a statvfs bounded by a timeout, so a hung network filesystem delays only its
+own sample, never the reconciler.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+
+from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs
+
+log = logging.getLogger(__name__)
+
+# The kubelet refreshes volume stats once a minute; usage does not need to be fresher, and a
+# thousand statvfs calls a minute is negligible.
+VOLUME_STATS_SECONDS = 60.0
+# One statvfs on a healthy local filesystem takes microseconds; longer means it is hung.
+STATVFS_TIMEOUT_SECONDS = 2.0
+LOCAL_FS_PLUGINS = ("kubernetes.io/empty-dir", "kubernetes.io/host-path", "kubernetes.io/local-volume")
+
+
+def statvfs_dict(path: str) -> dict[str, int]:
+    s = bounded_statvfs(path, STATVFS_TIMEOUT_SECONDS)
+    return {
+        "capacity_bytes": s.f_blocks * s.f_frsize,
+        "used_bytes": (s.f_blocks - s.f_bfree) * s.f_frsize,
+        "available_bytes": s.f_bavail * s.f_frsize,
+        "inodes": s.f_files,
+        "inodes_used": s.f_files - s.f_ffree,
+        "inodes_free": s.f_ffree,
+    }
+
+
+class VolumeStatsCollector:
+    def __init__(self, vm, metrics, interval: float = VOLUME_STATS_SECONDS) -> None:
+        self._vm = vm
+        self._metrics = metrics
+        self._interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vm-stats", daemon=True)
+        self._known: set[tuple[str, str]] = set()
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.collect_once()
+            except Exception:  # noqa: BLE001
+                log.exception("volume stats collection failed")
+            self._stop.wait(self._interval)
+
+    def collect_once(self) -> None:
+        seen: set[tuple[str, str]] = set()
+        for mv in self._vm.asw.mounted_volumes():
+            if mv.state.value != "mounted" or mv.spec.volume_mode == "Block":
+                continue
+            stats = None
+            try:
+                plugin = self._vm.plugins.find(mv.plugin_name)
+                stats = plugin.volume_stats(mv.spec, mv.mount_path)
+                if stats is None and mv.plugin_name in LOCAL_FS_PLUGINS and os.path.isdir(mv.mount_path):
+                    stats = statvfs_dict(mv.mount_path)
+            except (OSError, BoundedIOTimeout, KeyError) as e:
+                log.debug("no stats for %s: %s", mv.mount_path, e)
+            except Exception as e:  # noqa: BLE001 - a plugin's stats failure is not fatal
+                log.debug("no stats for %s: %s", mv.mount_path, e)
+            if stats:
+                key = (mv.pod.key, mv.outer_name)
+                seen.add(key)
+                self._metrics.set_volume_stats(mv.pod.key, mv.outer_name, dict(stats))
+        for pod, vol in self._known - seen:
+            self._metrics.forget_volume_stats(pod, vol)
+        self._known = seen
