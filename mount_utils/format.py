@@ -1,0 +1,234 @@
+"""Safe format-and-mount of block devices, and online filesystem resize (k8s SafeFormatAndMount).
+
+The one rule that matters: **never format a device that holds anything**. A device is
+formatted only when ``blkid -p`` (low-level probing, no cache) says it found nothing at all
+(exit 2). A partition table, an unknown signature, or a probe error all refuse, and the device
+is left untouched. An existing filesystem of another type than requested is mounted as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from mount_utils.mounter import Mounter
+
+log = logging.getLogger(__name__)
+
+# blkid reads a few sectors; seconds means a hung device.
+PROBE_TIMEOUT = 30.0
+# mkfs on a multi-TiB device with lazy init still finishes in well under this; a slower one
+# is treated as hung (the device is then in an unknown state and the error says so).
+MKFS_TIMEOUT = 600.0
+# fsck -a of a large, dirty ext4 can take minutes; this bounds a stuck one.
+FSCK_TIMEOUT = 600.0
+# resize2fs / xfs_growfs online growth is quick (only new groups are initialised).
+RESIZE_TIMEOUT = 300.0
+
+BLKID_NOTHING_FOUND = 2  # blkid: "the specified token was not found", i.e. a blank device
+FSCK_ERRORS_CORRECTED = 1
+FSCK_REBOOT_ADVISED = 2
+FSCK_ERRORS_UNCORRECTED = 4
+
+_EXT = frozenset({"ext2", "ext3", "ext4"})
+_MKFS_ARGS = {"ext2": ["-F", "-m0"], "ext3": ["-F", "-m0"], "ext4": ["-F", "-m0"], "xfs": ["-f"]}
+
+
+class FormatError(Exception):
+    """A probe, mkfs, fsck or resize failed. The message names the command and device.
+
+    ``returncode`` is the tool's exit status when it ran to an exit (negative: killed by that
+    signal). ``uncertain`` is True when the tool timed out or was killed: the device may be
+    half-written (e.g. a partial mkfs), so the caller must not treat the failure as clean.
+    """
+
+    def __init__(self, message: str, device: str, command: str | None = None, *,
+                 returncode: int | None = None, uncertain: bool = False) -> None:
+        super().__init__(message)
+        self.device = device
+        self.command = command
+        self.returncode = returncode
+        self.uncertain = uncertain
+
+
+class ToolNotFoundError(FormatError):
+    """The external tool (blkid, mkfs.TYPE, fsck, resize2fs ...) is not installed."""
+
+
+class RefuseToFormatError(FormatError):
+    """The device holds something that is not a filesystem we would mount (a partition table,
+    unknown data), or formatting was needed for a read-only mount. Nothing was written."""
+
+    def __init__(self, device: str, found: str) -> None:
+        super().__init__(f"refusing to format {device}: {found}", device)
+        self.found = found
+
+
+class UnformattedReadOnlyError(RefuseToFormatError):
+    """A blank device was to be mounted read-only: it would have to be formatted, which a
+    read-only request forbids."""
+
+    def __init__(self, device: str) -> None:
+        super().__init__(device, "it has no filesystem and the mount is read-only")
+
+
+@dataclass(frozen=True, slots=True)
+class DiskFormat:
+    """What ``blkid -p`` found: a filesystem type, a partition table type, or neither (blank)."""
+
+    fs_type: str | None
+    pt_type: str | None
+
+    @property
+    def blank(self) -> bool:
+        return self.fs_type is None and self.pt_type is None
+
+
+def _run(argv: Sequence[str], device: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """Run a tool; errors (missing, timed out) name the command and the device."""
+    cmd = os.path.basename(argv[0])
+    try:
+        return subprocess.run(
+            list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+            timeout=timeout, env={**os.environ, "LC_ALL": "C"},
+        )
+    except FileNotFoundError:
+        raise ToolNotFoundError(f"{cmd} not found (needed for {device})", device, cmd) from None
+    except subprocess.TimeoutExpired:
+        raise FormatError(f"{cmd} on {device} timed out after {timeout:g}s", device, cmd, uncertain=True) from None
+
+
+def _detail(proc: subprocess.CompletedProcess[str]) -> str:
+    text = (proc.stderr or proc.stdout or "").strip()
+    return text[-1000:] if text else "no output"
+
+
+def probe(device: str) -> DiskFormat:
+    """What is on `device`, by low-level probing (``blkid -p``, bypassing the blkid cache).
+
+    Exit 2 means nothing was found (blank). Exit 0 with neither TYPE nor PTTYPE is reported as
+    ``fs_type="unknown"`` so callers never take it for blank. Anything else raises FormatError.
+    """
+    # blkid also exits 2 for a missing path: check first, or a vanished device looks blank.
+    try:
+        os.stat(device)
+    except OSError as e:
+        raise FormatError(f"cannot probe {device}: {e.strerror}", device, "blkid") from None
+    proc = _run(["blkid", "-p", "-s", "TYPE", "-s", "PTTYPE", "-o", "export", device], device, PROBE_TIMEOUT)
+    if proc.returncode == BLKID_NOTHING_FOUND:
+        return DiskFormat(None, None)
+    if proc.returncode != 0:
+        raise FormatError(f"blkid failed on {device} (exit {proc.returncode}): {_detail(proc)}", device, "blkid",
+                          returncode=proc.returncode)
+    values = {}
+    for line in proc.stdout.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            values[key.strip()] = value.strip()
+    fs_type = values.get("TYPE") or None
+    pt_type = values.get("PTTYPE") or None
+    if fs_type is None and pt_type is None:
+        fs_type = "unknown"
+    return DiskFormat(fs_type, pt_type)
+
+
+def _mkfs(device: str, fs_type: str, format_options: Sequence[str]) -> None:
+    argv = [f"mkfs.{fs_type}", *_MKFS_ARGS.get(fs_type, []), *format_options, device]
+    log.info("formatting %s as %s", device, fs_type)
+    proc = _run(argv, device, MKFS_TIMEOUT)
+    if proc.returncode != 0:
+        raise FormatError(f"mkfs.{fs_type} failed on {device} (exit {proc.returncode}): {_detail(proc)}",
+                          device, f"mkfs.{fs_type}", returncode=proc.returncode, uncertain=proc.returncode < 0)
+
+
+def _fsck(device: str) -> None:
+    """``fsck -a``: repair what is safe to repair before mounting read-write."""
+    try:
+        proc = _run(["fsck", "-a", device], device, FSCK_TIMEOUT)
+    except ToolNotFoundError:
+        log.warning("fsck not found, mounting %s without a check", device)
+        return
+    rc = proc.returncode
+    if rc == 0:
+        return
+    if rc < 0:
+        raise FormatError(f"fsck on {device} was killed by signal {-rc}", device, "fsck",
+                          returncode=rc, uncertain=True)
+    if rc & FSCK_ERRORS_UNCORRECTED:
+        raise FormatError(f"filesystem on {device} has errors fsck could not correct (fsck exit {rc}): "
+                          f"{_detail(proc)}", device, "fsck", returncode=rc)
+    if rc & ~(FSCK_ERRORS_CORRECTED | FSCK_REBOOT_ADVISED):
+        # Operational errors (8, 16, 32, 128): like k8s, log and let the mount decide.
+        log.warning("fsck -a on %s exited %d, mounting anyway: %s", device, rc, _detail(proc))
+    else:
+        log.info("fsck -a corrected errors on %s (exit %d)", device, rc)
+
+
+def format_and_mount(
+    mounter: Mounter,
+    device: str,
+    target: str,
+    fs_type: str = "ext4",
+    options: Sequence[str] = (),
+    read_only: bool = False,
+    *,
+    sensitive_options: Sequence[str] = (),
+    format_options: Sequence[str] = (),
+) -> bool:
+    """Mount `device` on `target`, formatting it with `fs_type` first only if it is blank.
+
+    Returns True if it formatted. Refuses (`RefuseToFormatError`) a device with a partition
+    table or unrecognised data, and a blank device for a read-only mount. An ext* filesystem
+    is checked with ``fsck -a`` before a read-write mount (`FormatError` on uncorrected
+    errors). An existing filesystem of another type is mounted with its own type (warning).
+    """
+    if not fs_type:
+        fs_type = "ext4"
+    found = probe(device)
+    formatted = False
+    if found.pt_type is not None:
+        raise RefuseToFormatError(device, f"it has a partition table ({found.pt_type})")
+    if found.fs_type == "unknown":
+        raise RefuseToFormatError(device, "it holds data blkid does not recognise")
+    if found.blank:
+        if read_only:
+            raise UnformattedReadOnlyError(device)
+        _mkfs(device, fs_type, format_options)
+        formatted = True
+        mount_type = fs_type
+    else:
+        assert found.fs_type is not None
+        mount_type = found.fs_type
+        if mount_type != fs_type:
+            log.warning("%s already has a %s filesystem, %s was requested: mounting it as %s",
+                        device, mount_type, fs_type, mount_type)
+        if not read_only and mount_type in _EXT:
+            _fsck(device)
+    mount_options = list(options)
+    if read_only and "ro" not in mount_options:
+        mount_options.append("ro")
+    mounter.mount(device, target, mount_type, mount_options, sensitive_options)
+    return formatted
+
+
+def resize_filesystem(device: str, mount_path: str, fs_type: str) -> None:
+    """Grow the filesystem on `device` (mounted at `mount_path`) to the device's size.
+
+    ext*: ``resize2fs DEVICE``; xfs: ``xfs_growfs -d MOUNT_PATH``; btrfs:
+    ``btrfs filesystem resize max MOUNT_PATH``. Growing to the current size is a no-op.
+    """
+    if fs_type in _EXT:
+        argv = ["resize2fs", device]
+    elif fs_type == "xfs":
+        argv = ["xfs_growfs", "-d", mount_path]
+    elif fs_type == "btrfs":
+        argv = ["btrfs", "filesystem", "resize", "max", mount_path]
+    else:
+        raise FormatError(f"resizing {fs_type} on {device} is not supported", device)
+    proc = _run(argv, device, RESIZE_TIMEOUT)
+    if proc.returncode != 0:
+        raise FormatError(f"{argv[0]} failed on {device} (exit {proc.returncode}): {_detail(proc)}",
+                          device, argv[0], returncode=proc.returncode, uncertain=proc.returncode < 0)
