@@ -94,6 +94,7 @@ class VolumeManager:
         self._watch_plugins = watch_plugins
         self._device_source = None
         self._registration = None
+        self._mount_watcher = None
         self._thread: threading.Thread | None = None
         self._reconstructed = False
         self.on_tick: Callable[[], None] | None = None
@@ -122,6 +123,10 @@ class VolumeManager:
         self.reconciler.reconcile(None)
         if self._watch_devices:
             self._start_device_events()
+        from volumemanager.mount_watcher import MountWatcher
+
+        self._mount_watcher = MountWatcher(self)
+        self._mount_watcher.start()
         self._thread = threading.Thread(target=self.reconciler.run, kwargs={"on_tick": self._tick},
                                         name="vm-reconciler", daemon=True)
         self._thread.start()
@@ -169,7 +174,7 @@ class VolumeManager:
         self.reconciler.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for thing in (self._device_source, self._registration):
+        for thing in (self._device_source, self._registration, self._mount_watcher):
             if thing is not None:
                 try:
                     thing.stop()

@@ -54,3 +54,18 @@ def test_restart_issues_no_mount_and_cleans_what_went_away(daemon_factory, tmp_p
     kept = {mp for _, mp in before}
     assert {m.mount_point for m in d.mounts()} <= kept
     assert all(v["state"] == "mounted" for v in d.status()["volumes"])
+
+
+def test_mount_removed_by_hand_is_reestablished(daemon_factory, tmp_path):
+    from mount_utils import syscalls as sc
+
+    d = daemon_factory(start=False)
+    d.write_manifest("pods.yaml", PODS.replace("{host}", str(tmp_path / "h")))
+    d.start()
+    assert d.cli("wait", "demo/p0", "--timeout", "20").returncode == 0
+    victim = [m for m in d.mounts() if m.fs_type == "tmpfs"][0]
+    sc.sys_umount(victim.mount_point, 0)
+    # (The kernel may hand the new mount the old mount ID, so look for the log line too.)
+    wait_until(lambda: "vanished" in d.log() and any(m.mount_point == victim.mount_point for m in d.mounts()),
+               10, what="the mount to be re-established")
+    wait_until(lambda: all(v["state"] == "mounted" for v in d.status()["volumes"]), what="all mounted")

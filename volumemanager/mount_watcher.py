@@ -1,0 +1,97 @@
+"""Notices mounts removed behind the daemon's back (``umount`` by hand, a crashed FUSE
+driver) and hands the affected volumes back to the reconciler, which re-establishes them.
+
+The kernel flags /proc/self/mountinfo with POLLPRI on every change to the mount table; the
+watcher then reads the table once (debounced, so a burst of our own mounts costs one read)
+and compares it with what the actual state believes is mounted. Only mounts the actual state
+knows are checked: anything else is an orphan for ``status`` to show, not ours to remount.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from mount_utils.mountinfo import MountInfoWatcher
+
+log = logging.getLogger(__name__)
+
+# A burst of mount changes (a thousand volumes coming up) is read once after it calms down.
+DEBOUNCE_SECONDS = 0.1
+# Safety net in case a change notification is missed: compare anyway this often.
+PERIODIC_CHECK_SECONDS = 60.0
+
+
+def _needs_mount_point(mv) -> bool:
+    """An emptyDir on disk is a plain directory; every other pod view is a mount point."""
+    return not (mv.plugin_name == "kubernetes.io/empty-dir" and getattr(mv.spec.source, "medium", "") != "Memory")
+
+
+class MountWatcher:
+    def __init__(self, vm) -> None:
+        self._vm = vm
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="vm-mountinfo", daemon=True)
+        self.checks = 0
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        try:
+            watcher = MountInfoWatcher()
+        except OSError as e:
+            log.warning("cannot watch mountinfo (%s); relying on periodic checks", e)
+            watcher = None
+        last_check = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                changed = watcher.wait(1.0) if watcher is not None else self._stop.wait(1.0)
+                if changed:
+                    # Let a burst settle, then read once.
+                    while watcher.wait(DEBOUNCE_SECONDS) and not self._stop.is_set():
+                        pass
+                if changed or time.monotonic() - last_check >= PERIODIC_CHECK_SECONDS:
+                    last_check = time.monotonic()
+                    try:
+                        self.check_once()
+                    except Exception:  # noqa: BLE001
+                        log.exception("mount table check failed")
+        finally:
+            if watcher is not None:
+                watcher.close()
+
+    def check_once(self) -> set[str]:
+        """Mark volumes whose mounts vanished as uncertain; returns their ids."""
+        self.checks += 1
+        vm = self._vm
+        table = vm.mounter.mount_table()
+        lost: set[str] = set()
+        for mv in vm.asw.mounted_volumes():
+            if mv.state.value != "mounted" or not _needs_mount_point(mv):
+                continue
+            if vm.executor.is_pending(mv.volume_id, mv.pod.uid):
+                continue  # an operation is changing it right now
+            if not table.is_mount_point(mv.mount_path):
+                log.warning("mount %s of %s vanished; re-establishing", mv.mount_path, mv.pod.key,
+                            extra={"volume": mv.outer_name, "pod": mv.pod.key})
+                vm.asw.mark_volume_uncertain(mv.volume_id, mv.pod, mv.outer_name, mv.spec, mv.plugin_name,
+                                             mv.mount_path, mv.device_mount_path is not None)
+                lost.add(mv.volume_id)
+        for av in vm.asw.attached_volumes():
+            if (av.device_mountable and av.device_state.value == "mounted" and av.device_mount_path
+                    and not vm.executor.is_pending(av.volume_id)
+                    and av.plugin_name != "kubernetes.io/csi"  # a driver may stage without a mount
+                    and not table.is_mount_point(av.device_mount_path)):
+                log.warning("staging mount %s vanished", av.device_mount_path, extra={"volume": av.volume_id})
+                vm.asw.mark_device_uncertain(av.volume_id, av.spec, av.plugin_name, av.device_path,
+                                             av.device_mount_path)
+                lost.add(av.volume_id)
+        if lost:
+            vm.reconciler.mark_dirty(lost)
+        return lost
