@@ -1,0 +1,275 @@
+"""The last good objects of every manifest file, and the snapshot built from them.
+
+The rule this module exists for (INTERFACE.md, "Manifests"): *a file that fails to parse keeps
+the objects it last held*. Only removing an object from a file, or removing the file, removes
+it from the desired state, so a half-written or mistyped file never tears down a volume.
+
+* whole-file failure (syntax error, unreadable, too big, empty): the file keeps all its objects;
+* a document fails validation: the file's valid documents replace its old objects, and the
+  rejected document's object -- matched by (kind, namespace, name) when that can be read --
+  keeps its last good version;
+* the same (kind, namespace, name) in two files: the first in sorted path order wins, the
+  other is reported; two pods with the same UID likewise.
+
+Thread-safe: readers take a cached immutable :class:`Snapshot`; updates are serialised, and
+files are read outside the lock that ``snapshot()`` needs, so a slow read never blocks readers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from volumemanager.manifests.loader import FileResult, is_manifest_name, load_file
+from volumemanager.manifests.models import (
+    KIND_POD,
+    ManifestError,
+    ManifestObject,
+    PersistentVolume,
+    PersistentVolumeClaim,
+    Pod,
+    Secret,
+    Snapshot,
+    object_identity,
+)
+
+StatKey = tuple[int, int, int, int, int]  # (dev, inode, size, mtime_ns, ctime_ns)
+
+
+@dataclass(frozen=True)
+class _FileState:
+    stat_key: StatKey | None
+    objects: tuple[ManifestObject, ...]
+    errors: tuple[ManifestError, ...]
+
+
+def _stat_key(st: os.stat_result) -> StatKey:
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class ManifestStore:
+    """Per-file last-good objects of one manifest dir (or of loose files when ``directory`` is None)."""
+
+    def __init__(self, directory: str | None = None) -> None:
+        self.directory = os.path.abspath(directory) if directory is not None else None
+        self._lock = threading.RLock()  # guards the state below; re-entrant for signal handlers
+        self._update_lock = threading.RLock()  # serialises reads+merges so none applies out of order
+        self._files: dict[str, _FileState] = {}
+        self._dir_errors: tuple[ManifestError, ...] = ()
+        self._generation = 0
+        self._snapshot: Snapshot | None = None
+
+    # -- reading ---------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    def files(self) -> list[str]:
+        """The paths currently tracked, sorted."""
+        with self._lock:
+            return sorted(self._files)
+
+    def snapshot(self) -> Snapshot:
+        """The current desired state; cheap (cached until the next change)."""
+        with self._lock:
+            if self._snapshot is None:
+                self._snapshot = self._build_snapshot()
+            return self._snapshot
+
+    # -- updating --------------------------------------------------------------------------
+
+    def update_file(self, path: str, force: bool = True) -> bool:
+        """Re-read one file; returns whether the snapshot changed.
+
+        ``force=False`` skips the read when the file's (dev, inode, size, mtime, ctime) is
+        what it was at the last read. A name that is not a manifest name, a vanished file and
+        a directory all mean "no such manifest file": whatever it held is removed.
+        """
+        path = os.path.abspath(path)
+        with self._update_lock:
+            if not is_manifest_name(os.path.basename(path)):
+                return self.remove_file(path)
+            try:
+                st = os.stat(path)
+            except FileNotFoundError:
+                return self.remove_file(path)  # also a dangling symlink: its target is gone
+            except OSError as exc:
+                result = FileResult(
+                    (),
+                    (ManifestError(self._display(path), None, None, f"cannot stat: {exc.strerror}"),),
+                    parse_failed=True,
+                )
+                return self._apply(path, None, result)
+            if stat.S_ISDIR(st.st_mode):
+                return self.remove_file(path)
+            key = _stat_key(st)
+            with self._lock:
+                old = self._files.get(path)
+            if not force and old is not None and old.stat_key == key:
+                return False
+            result = load_file(path, self._display(path), root=self._root(path))
+            if result.missing:
+                return self.remove_file(path)
+            return self._apply(path, key, result)
+
+    def remove_file(self, path: str) -> bool:
+        """Forget a file and its objects; returns whether the snapshot changed."""
+        path = os.path.abspath(path)
+        with self._update_lock, self._lock:
+            old = self._files.pop(path, None)
+            if old is None:
+                return False
+            self._changed()
+            return True
+
+    def rescan(self, directory: str | None = None, force: bool = False) -> bool:
+        """Bring the whole directory up to date; returns whether the snapshot changed.
+
+        Re-reads only files whose stat changed (all of them with ``force``) and forgets files
+        that are gone. A missing or unreadable directory is reported as an error and changes
+        nothing else: an unmounted or briefly replaced /etc must not tear down every volume.
+        """
+        directory = os.path.abspath(directory or self.directory or ".")
+        with self._update_lock:
+            changed = False
+            try:
+                with os.scandir(directory) as it:
+                    entries = sorted((e.name for e in it), key=str)
+            except FileNotFoundError:
+                return self._set_dir_errors(directory, "manifest directory does not exist")
+            except NotADirectoryError:
+                return self._set_dir_errors(directory, "manifest directory is not a directory")
+            except OSError as exc:
+                return self._set_dir_errors(directory, f"cannot list manifest directory: {exc.strerror}")
+            changed |= self._set_dir_errors(directory, None)
+            present = set()
+            for name in entries:
+                if not is_manifest_name(name):
+                    continue
+                path = os.path.join(directory, name)
+                present.add(path)
+                changed |= self.update_file(path, force=force)
+            with self._lock:
+                gone = [p for p in self._files if os.path.dirname(p) == directory and p not in present]
+            for path in gone:
+                changed |= self.remove_file(path)
+            return changed
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _root(self, path: str) -> str:
+        return self.directory if self.directory is not None else os.path.dirname(path)
+
+    def _display(self, path: str) -> str:
+        """How errors and origins name a file: relative to the manifest dir when inside it."""
+        if self.directory is not None:
+            rel = os.path.relpath(path, self.directory)
+            if not rel.startswith(".."):
+                return rel
+        return path
+
+    def _set_dir_errors(self, directory: str, message: str | None) -> bool:
+        errors = () if message is None else (ManifestError(directory, None, None, message),)
+        with self._lock:
+            if errors == self._dir_errors:
+                return False
+            self._dir_errors = errors
+            self._changed()
+            return True
+
+    def _apply(self, path: str, key: StatKey | None, result: FileResult) -> bool:
+        with self._lock:
+            old = self._files.get(path)
+            old_objects = old.objects if old is not None else ()
+            errors = result.errors
+            if result.parse_failed:
+                objects = old_objects
+                if old_objects:
+                    errors = tuple(
+                        dataclasses.replace(
+                            e, message=f"{e.message}; keeping the {len(old_objects)} object(s) it last held"
+                        )
+                        for e in errors
+                    )
+            else:
+                kept: list[Any] = []
+                new_ids = {object_identity(o) for o in result.objects}
+                for obj in old_objects:
+                    ident = object_identity(obj)
+                    if ident in result.failed_identities and ident not in new_ids:
+                        kept.append(obj)
+                objects = result.objects + tuple(kept)
+                if kept:
+                    kept_ids = {object_identity(o) for o in kept}
+                    errors = tuple(
+                        dataclasses.replace(e, message=f"{e.message}; keeping its last good version")
+                        if _error_identity(e) in kept_ids
+                        else e
+                        for e in errors
+                    )
+            new = _FileState(key, objects, errors)
+            self._files[path] = new
+            if old is not None and old.objects == new.objects and old.errors == new.errors:
+                return False
+            self._changed()
+            return True
+
+    def _changed(self) -> None:
+        self._generation += 1
+        self._snapshot = None
+
+    def _build_snapshot(self) -> Snapshot:
+        pods: dict[str, Pod] = {}
+        pvs: dict[str, PersistentVolume] = {}
+        pvcs: dict[tuple[str, str], PersistentVolumeClaim] = {}
+        secrets: dict[tuple[str, str], Secret] = {}
+        owners: dict[tuple[str, str, str], Any] = {}
+        errors: list[ManifestError] = list(self._dir_errors)
+        for path in sorted(self._files):
+            state = self._files[path]
+            errors.extend(state.errors)
+            for obj in state.objects:
+                ident = object_identity(obj)
+                label = f"{ident[1]}/{ident[2]}" if ident[1] else ident[2]
+                first = owners.get(ident)
+                if first is not None:
+                    errors.append(ManifestError(
+                        obj.origin.file, obj.origin.document, "metadata.name",
+                        f"duplicate {obj.kind} {label!r}: already defined in {first.origin}; ignored",
+                        obj.kind, label,
+                    ))
+                    continue
+                if isinstance(obj, Pod):
+                    other = pods.get(obj.uid)
+                    if other is not None:
+                        errors.append(ManifestError(
+                            obj.origin.file, obj.origin.document, "metadata.uid",
+                            f"duplicate pod UID {obj.uid!r}: already used by pod {other.key!r} "
+                            f"({other.origin}); ignored",
+                            KIND_POD, label,
+                        ))
+                        continue
+                    pods[obj.uid] = obj
+                elif isinstance(obj, PersistentVolume):
+                    pvs[obj.name] = obj
+                elif isinstance(obj, PersistentVolumeClaim):
+                    pvcs[(obj.namespace, obj.name)] = obj
+                elif isinstance(obj, Secret):
+                    secrets[(obj.namespace, obj.name)] = obj
+                owners[ident] = obj
+        return Snapshot(pods, pvs, pvcs, secrets, tuple(errors), self._generation)
+
+
+def _error_identity(error: ManifestError) -> tuple[str, str, str] | None:
+    if error.kind is None or error.name is None:
+        return None
+    if "/" in error.name:
+        namespace, _, name = error.name.partition("/")
+        return (error.kind, namespace, name)
+    return (error.kind, "", error.name)
