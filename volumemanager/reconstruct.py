@@ -69,7 +69,7 @@ def reconstruct_actual_state(vm) -> dict:
             dmp = plugin.device_mount_path(vtm.spec)
             if dmp:
                 desired_devices[dmp] = (vtm, plugin)
-    counts = {"adopted": 0, "uncertain": 0, "devices": 0}
+    counts = {"adopted": 0, "uncertain": 0, "devices": 0, "interrupted": 0}
 
     def device_state_of(path: str | None) -> DeviceMountState:
         return DeviceMountState.MOUNTED if path and table.is_mount_point(path) else DeviceMountState.UNCERTAIN
@@ -151,6 +151,20 @@ def reconstruct_actual_state(vm) -> dict:
             asw.add_reconstructed_device(AttachedVolume(volume_id, spec, CSI, True, DeviceMountState.UNCERTAIN,
                                                         None, dmp, frozenset()))
             counts["devices"] += 1
+    journal = getattr(vm, "journal", None)
+    if journal is not None and hasattr(journal, "open_intents"):
+        interrupted = journal.open_intents()
+        counts["interrupted"] = len(interrupted)
+        if journal.rebooted:
+            log.info("the node rebooted since the last run (boot id changed): staging will be redone")
+        for rec in interrupted:
+            # Every step is idempotent and the disk scan above found what each one left
+            # behind: desired volumes are redone, the rest is undone with the reverse call.
+            log.warning("step %s of %s (pod %s) was interrupted by the last stop; it will be finished or undone",
+                        rec.get("step"), rec.get("volume_id"), rec.get("pod_uid") or "-",
+                        extra={"operation": rec.get("step"), "volume": rec.get("volume_id")})
+            vm.interrupted_at_start.append({k: rec.get(k) for k in ("step", "volume_id", "pod_uid", "t")})
+        journal.forget_previous()
     if any(counts.values()):
         log.info("reconstructed actual state: %(adopted)d adopted, %(uncertain)d to clean up, %(devices)d staged devices",
                  counts)

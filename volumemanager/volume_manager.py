@@ -79,6 +79,13 @@ class VolumeManager:
         self.dsw = DesiredStateOfWorld()
         self.asw = ActualStateOfWorld()
         self.executor = OperationExecutor()
+        if journal is None:
+            import os
+
+            from volumemanager.intent_journal import FileIntentJournal
+
+            journal = FileIntentJournal(os.path.join(config.root_dir, "state"))
+        self.journal = journal
         self.generator = OperationGenerator(self.plugins, self.asw, journal)
         self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed)
         self.host.set_secret_lookup(self.populator.get_secret)
@@ -97,6 +104,7 @@ class VolumeManager:
         self._mount_watcher = None
         self._thread: threading.Thread | None = None
         self._reconstructed = False
+        self.interrupted_at_start: list[dict] = []
         self.on_tick: Callable[[], None] | None = None
         self.started_at = time.time()
 
@@ -183,6 +191,8 @@ class VolumeManager:
         self.populator.stop()
         self.executor.wait_idle(wait_operations)
         self.executor.shutdown(wait=False)
+        if hasattr(self.journal, "close") and self.executor.pending_count() == 0:
+            self.journal.close()
 
     def resync(self) -> None:
         """SIGHUP: re-read the desired state now and look at every volume."""
@@ -215,6 +225,7 @@ class VolumeManager:
             "orphans": st.find_orphans(self.config.root_dir, table, self.known_mount_paths()),
             "drivers": [_driver_dict(d) for d in self.drivers.list()],
             "manifest_errors": [e.to_dict() for e in snap.errors],
+            "interrupted_at_start": list(self.interrupted_at_start),
             "reconciler": {
                 "passes": self.reconciler.passes,
                 "last_pass_duration_ms": round(self.reconciler.last_pass_duration * 1000, 3),
