@@ -1,0 +1,415 @@
+"""The CSI volume plugin: kubelet's ``kubernetes.io/csi`` on top of ``DriverRegistry``.
+
+Persistent CSI volumes (a PV's ``spec.csi``, ``volume_handle`` set) are device-mountable like in
+kubelet: ``mount_device`` stages once per node at
+``<root>/plugins/kubernetes.io/csi/<driver>/<sha256(volumeHandle)>/globalmount`` (NodeStageVolume,
+only when the driver advertises STAGE_UNSTAGE_VOLUME) and ``set_up`` publishes per pod to
+``<pod volume dir>/mount`` (NodePublishVolume). Inline ephemeral volumes skip the device layer
+and are published per pod with a per-pod volume handle.
+
+The on-disk metadata is kubelet's, so reconstruction after a restart (ours or a migrating
+kubelet's) can read it: ``vol_data.json`` beside ``globalmount`` (``volumeHandle``,
+``driverName``) and beside the pod's ``mount`` (``specVolID``, ``volumeHandle``, ``driverName``,
+``nodeName``, ``attachmentID``, ``volumeLifecycleMode``).
+
+Deletion is safe by construction: directories are removed with ``rmdir`` only, and only when
+they are not mount points; data in a volume is never touched by this plugin.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import logging
+import os
+from typing import Any, Mapping
+
+from operation_executor.errors import FinalError, UncertainError, WaitingError
+from operation_executor.plugin import PluginHost, VolumePlugin
+from operation_executor.types import BLOCK, PodRef, SecretRef, VolumeSpec
+from volumemanager.csi.client import CSINodeClient, access_mode, volume_capability
+from volumemanager.csi.registry import DriverInfo, DriverRegistry
+
+log = logging.getLogger(__name__)
+
+PLUGIN_NAME = "kubernetes.io/csi"
+VOL_DATA_FILE = "vol_data.json"
+GLOBAL_MOUNT_DIR = "globalmount"
+POD_MOUNT_DIR = "mount"
+DIR_MODE = 0o750
+
+CAP_STAGE = "STAGE_UNSTAGE_VOLUME"
+CAP_EXPAND = "EXPAND_VOLUME"
+CAP_STATS = "GET_VOLUME_STATS"
+CAP_SNMW = "SINGLE_NODE_MULTI_WRITER"
+
+LIFECYCLE_PERSISTENT = "Persistent"
+LIFECYCLE_EPHEMERAL = "Ephemeral"
+
+# volume_context keys kubelet adds (csi_mounter.go): ephemeral marker and podInfoOnMount.
+CTX_EPHEMERAL = "csi.storage.k8s.io/ephemeral"
+CTX_POD_NAME = "csi.storage.k8s.io/pod.name"
+CTX_POD_NAMESPACE = "csi.storage.k8s.io/pod.namespace"
+CTX_POD_UID = "csi.storage.k8s.io/pod.uid"
+
+
+def sha256_hex(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def attachment_id(volume_handle: str, driver: str, node_name: str) -> str:
+    """kubelet's getAttachmentName: ``csi-<sha256(handle + driver + node)>``."""
+    return "csi-" + sha256_hex(volume_handle + driver + node_name)
+
+
+def inline_volume_handle(pod_uid: str, spec_name: str) -> str:
+    """kubelet's makeVolumeHandle for ephemeral inline volumes: ``csi-<sha256(podUID + name)>``."""
+    return "csi-" + sha256_hex(pod_uid + spec_name)
+
+
+def _write_json(path: str, data: Mapping[str, str]) -> None:
+    """Write ``data`` atomically (temp file + rename) so a crash never leaves half a file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(dict(data), f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_vol_data(path: str) -> dict[str, str] | None:
+    """The JSON object in ``path``, or None when it does not exist. A corrupt file is a
+    ``FinalError`` naming the file: guessing the driver from a broken file could unstage the
+    wrong volume."""
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        raise FinalError(f"cannot read {path}: {err}", code="BAD_VOL_DATA") from None
+    if not isinstance(data, dict):
+        raise FinalError(f"{path} does not hold a JSON object", code="BAD_VOL_DATA")
+    return {str(k): str(v) for k, v in data.items()}
+
+
+def _remove_file(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _rmdir_if_empty(path: str) -> bool:
+    """rmdir ``path``; True when it is gone. Never recursive: a non-empty dir is left alone."""
+    try:
+        os.rmdir(path)
+    except FileNotFoundError:
+        return True
+    except OSError as err:
+        if err.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.EBUSY):
+            return False
+        raise
+    return True
+
+
+class CSIPlugin(VolumePlugin):
+    """See the module doc. ``registry`` tells which drivers are registered and hands out clients."""
+
+    name = PLUGIN_NAME
+
+    def __init__(self, host: PluginHost, registry: DriverRegistry) -> None:
+        super().__init__(host)
+        self.registry = registry
+
+    # --- helpers --------------------------------------------------------------------------
+
+    @staticmethod
+    def _source(spec: VolumeSpec) -> Any:
+        src = spec.source
+        for attr in ("driver", "volume_handle", "volume_attributes"):
+            if not hasattr(src, attr):
+                raise FinalError(f"volume {spec.name}: source is not a CSI source (no {attr})", code="BAD_SPEC")
+        return src
+
+    def _driver(self, driver: str) -> tuple[DriverInfo, CSINodeClient]:
+        info = self.registry.get(driver)
+        if info is None:
+            raise WaitingError(
+                f"CSI driver {driver} is not registered on this node",
+                waiting_for=f"CSI driver {driver}",
+                code="DRIVER_NOT_REGISTERED",
+            )
+        try:
+            return info, self.registry.client(driver)
+        except KeyError:  # deregistered between the two calls
+            raise WaitingError(
+                f"CSI driver {driver} is not registered on this node",
+                waiting_for=f"CSI driver {driver}",
+                code="DRIVER_NOT_REGISTERED",
+            ) from None
+
+    def _is_mount_point(self, path: str) -> bool:
+        mounter = self.host.mounter
+        if mounter is not None:
+            return bool(mounter.is_mount_point(path))
+        from mount_utils.mountinfo import MountTable
+
+        return MountTable.read().is_mount_point(path)
+
+    def _secrets(self, ref: SecretRef | None) -> dict[str, str]:
+        """The Secret's data as CSI wants it (string values). Never logged."""
+        if ref is None:
+            return {}
+        data = self.host.get_secret(ref)
+        if data is None:
+            raise WaitingError(
+                f"secret {ref.namespace}/{ref.name} not found",
+                waiting_for=f"secret {ref.namespace}/{ref.name}",
+                code="SECRET_NOT_FOUND",
+            )
+        out: dict[str, str] = {}
+        for key, value in data.items():
+            if isinstance(value, bytes):
+                try:
+                    value = value.decode("utf-8")
+                except UnicodeDecodeError:
+                    raise FinalError(
+                        f"secret {ref.namespace}/{ref.name} key {key!r} is not UTF-8 text", code="BAD_SECRET"
+                    ) from None
+            out[str(key)] = str(value)
+        return out
+
+    def _capability(self, spec: VolumeSpec, info: DriverInfo) -> Any:
+        src = self._source(spec)
+        return volume_capability(
+            block=spec.volume_mode == BLOCK,
+            access=access_mode(spec.access_modes, info.has(CAP_SNMW)),
+            fs_type=src.fs_type or "",
+            mount_flags=spec.mount_options,
+        )
+
+    def _read_only(self, spec: VolumeSpec) -> bool:
+        return bool(spec.read_only or getattr(spec.source, "read_only", False))
+
+    def _handle(self, spec: VolumeSpec, pod: PodRef | None) -> str:
+        src = self._source(spec)
+        if src.volume_handle:
+            return str(src.volume_handle)
+        if pod is None:
+            raise FinalError(f"volume {spec.name}: inline CSI volume needs a pod", code="BAD_SPEC")
+        return inline_volume_handle(pod.uid, spec.name)
+
+    def _staged(self, spec: VolumeSpec, info: DriverInfo) -> bool:
+        return self.is_device_mountable(spec) and info.has(CAP_STAGE)
+
+    # --- identity -------------------------------------------------------------------------
+
+    def is_device_mountable(self, spec: VolumeSpec) -> bool:
+        # kubelet's CanDeviceMount: false only for ephemeral inline volumes.
+        return bool(self._source(spec).volume_handle)
+
+    def volume_id(self, spec: VolumeSpec, pod: PodRef) -> str:
+        src = self._source(spec)
+        if src.volume_handle:
+            return f"{self.name}/{src.driver}^{src.volume_handle}"
+        return f"{self.name}/{pod.uid}-{spec.name}"
+
+    # --- device layer ---------------------------------------------------------------------
+
+    def wait_for_device(self, spec: VolumeSpec) -> str | None:
+        self._driver(self._source(spec).driver)
+        return None
+
+    def device_mount_path(self, spec: VolumeSpec) -> str | None:
+        src = self._source(spec)
+        if not src.volume_handle:
+            return None
+        return os.path.join(
+            self.host.plugin_dir(self.name), src.driver, sha256_hex(src.volume_handle), GLOBAL_MOUNT_DIR
+        )
+
+    def mount_device(self, spec: VolumeSpec, device_path: str | None, device_mount_path: str) -> None:
+        src = self._source(spec)
+        if not src.volume_handle:
+            raise FinalError(f"volume {spec.name}: inline CSI volumes have no device layer", code="BAD_SPEC")
+        info, client = self._driver(src.driver)
+        sha_dir = os.path.dirname(device_mount_path)
+        os.makedirs(device_mount_path, mode=DIR_MODE, exist_ok=True)
+        _write_json(
+            os.path.join(sha_dir, VOL_DATA_FILE), {"volumeHandle": src.volume_handle, "driverName": src.driver}
+        )
+        if not info.has(CAP_STAGE):
+            # kubelet: "STAGE_UNSTAGE_VOLUME capability not set. Skipping MountDevice..."; the
+            # metadata file stays, unmount_device needs it.
+            log.info("CSI driver %s has no %s: %s staged by metadata only", src.driver, CAP_STAGE, spec.name)
+            return
+        secrets = self._secrets(src.node_stage_secret_ref)
+        try:
+            client.node_stage_volume(
+                volume_id=src.volume_handle,
+                staging_target_path=device_mount_path,
+                volume_capability=self._capability(spec, info),
+                secrets=secrets,
+                volume_context=dict(src.volume_attributes or {}),
+            )
+        except FinalError:
+            # Certainly not staged: leave nothing behind (kubelet removes the mount dir too).
+            self._remove_device_dir(device_mount_path)
+            raise
+
+    def unmount_device(self, spec: VolumeSpec, device_mount_path: str) -> None:
+        sha_dir = os.path.dirname(device_mount_path)
+        data_path = os.path.join(sha_dir, VOL_DATA_FILE)
+        data = read_vol_data(data_path)
+        src = self._source(spec)
+        driver = (data or {}).get("driverName") or src.driver
+        handle = (data or {}).get("volumeHandle") or src.volume_handle
+        if data is None and not os.path.exists(device_mount_path):
+            return  # never staged, or already cleaned up (kubelet: no vol_data.json -> success)
+        info, client = self._driver(driver)
+        if info.has(CAP_STAGE) and handle:
+            try:
+                client.node_unstage_volume(handle, device_mount_path)
+            except FinalError as err:
+                if err.code != "NOT_FOUND":
+                    raise
+                log.info("NodeUnstageVolume of %s on %s: NOT_FOUND, treating as unstaged", handle, driver)
+        self._remove_device_dir(device_mount_path)
+
+    def _remove_device_dir(self, device_mount_path: str) -> None:
+        if self._is_mount_point(device_mount_path):
+            raise UncertainError(f"{device_mount_path} is still mounted after unstaging", code="STILL_MOUNTED")
+        if not _rmdir_if_empty(device_mount_path):
+            raise FinalError(f"{device_mount_path} is not empty after unstaging; left in place", code="NOT_EMPTY")
+        sha_dir = os.path.dirname(device_mount_path)
+        _remove_file(os.path.join(sha_dir, VOL_DATA_FILE))
+        _rmdir_if_empty(sha_dir)
+
+    # --- pod layer ------------------------------------------------------------------------
+
+    def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
+        if spec.volume_mode == BLOCK:
+            return os.path.join(self.host.pod_volume_device_dir(pod.uid, self.name), spec.name)
+        return os.path.join(self.host.pod_volume_dir(pod.uid, self.name, spec.name), POD_MOUNT_DIR)
+
+    def _vol_data_path(self, spec: VolumeSpec, pod: PodRef) -> str | None:
+        """The pod-level metadata file; None for Block volumes, whose pod path is the device
+        node itself (kubelet keeps block metadata under plugins/.../volumeDevices instead)."""
+        if spec.volume_mode == BLOCK:
+            return None
+        return os.path.join(self.host.pod_volume_dir(pod.uid, self.name, spec.name), VOL_DATA_FILE)
+
+    def set_up(self, spec: VolumeSpec, pod: PodRef, outer_name: str, device_mount_path: str | None) -> None:
+        src = self._source(spec)
+        info, client = self._driver(src.driver)
+        handle = self._handle(spec, pod)
+        target = self.mount_path(spec, pod, outer_name)
+        parent = os.path.dirname(target)
+        ephemeral = not src.volume_handle
+
+        staging = ""
+        if self._staged(spec, info):
+            staging = device_mount_path or self.device_mount_path(spec) or ""
+        volume_context = dict(src.volume_attributes or {})
+        if ephemeral:
+            volume_context.update(
+                {CTX_EPHEMERAL: "true", CTX_POD_NAME: pod.name, CTX_POD_NAMESPACE: pod.namespace, CTX_POD_UID: pod.uid}
+            )
+        secrets = self._secrets(src.node_publish_secret_ref)
+        capability = self._capability(spec, info)
+
+        # The CO creates the parent; the driver creates the target itself (CSI spec).
+        os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
+        data_path = self._vol_data_path(spec, pod)
+        if data_path is not None:
+            _write_json(
+                data_path,
+                {
+                    "specVolID": spec.name,
+                    "volumeHandle": handle,
+                    "driverName": src.driver,
+                    "nodeName": self.host.node_name,
+                    "attachmentID": attachment_id(handle, src.driver, self.host.node_name),
+                    "volumeLifecycleMode": LIFECYCLE_EPHEMERAL if ephemeral else LIFECYCLE_PERSISTENT,
+                },
+            )
+        try:
+            client.node_publish_volume(
+                volume_id=handle,
+                target_path=target,
+                volume_capability=capability,
+                readonly=self._read_only(spec),
+                staging_target_path=staging,
+                secrets=secrets,
+                volume_context=volume_context,
+            )
+        except FinalError:
+            # Certainly not published: remove what we created (kubelet removeMountDir), but
+            # only what is empty and unmounted.
+            self._cleanup_pod_dir(spec, target, data_path, remove_target=True)
+            raise
+
+    def tear_down(self, spec: VolumeSpec, pod: PodRef, outer_name: str, mount_path: str) -> None:
+        src = self._source(spec)
+        data_path = self._vol_data_path(spec, pod)
+        data = read_vol_data(data_path) if data_path else None
+        driver = (data or {}).get("driverName") or src.driver
+        handle = (data or {}).get("volumeHandle") or self._handle(spec, pod)
+        _, client = self._driver(driver)
+        try:
+            client.node_unpublish_volume(handle, mount_path)
+        except FinalError as err:
+            if err.code != "NOT_FOUND":
+                raise
+            log.info("NodeUnpublishVolume of %s at %s: NOT_FOUND, treating as unpublished", handle, mount_path)
+        self._cleanup_pod_dir(spec, mount_path, data_path, remove_target=True)
+
+    def _cleanup_pod_dir(self, spec: VolumeSpec, target: str, data_path: str | None, remove_target: bool) -> None:
+        if os.path.lexists(target):
+            if self._is_mount_point(target):
+                raise UncertainError(f"{target} is still mounted", code="STILL_MOUNTED")
+            if remove_target:
+                if os.path.isdir(target) and not os.path.islink(target):
+                    if not _rmdir_if_empty(target):
+                        raise FinalError(f"{target} is not empty after unpublishing; left in place", code="NOT_EMPTY")
+                elif os.path.isfile(target) and os.path.getsize(target) == 0:
+                    _remove_file(target)  # a Block target the driver left behind (empty file)
+        if data_path is not None:
+            _remove_file(data_path)
+            _rmdir_if_empty(os.path.dirname(data_path))
+
+    # --- optional capabilities ------------------------------------------------------------
+
+    def expand(self, spec: VolumeSpec, device_path: str | None, device_mount_path: str | None) -> int | None:
+        src = self._source(spec)
+        info, client = self._driver(src.driver)
+        if not info.has(CAP_EXPAND) or not src.volume_handle or not device_mount_path:
+            return None
+        staging = device_mount_path if info.has(CAP_STAGE) else ""
+        size = client.node_expand_volume(
+            volume_id=src.volume_handle,
+            volume_path=device_mount_path,
+            required_bytes=spec.capacity_bytes or 0,
+            staging_target_path=staging,
+            volume_capability=self._capability(spec, info),
+            secrets=self._secrets(src.node_expand_secret_ref),
+        )
+        return size or spec.capacity_bytes
+
+    def volume_stats(self, spec: VolumeSpec, mount_path: str) -> Mapping[str, int] | None:
+        src = self._source(spec)
+        info = self.registry.get(src.driver)
+        if info is None or not info.has(CAP_STATS):
+            return None
+        _, client = self._driver(src.driver)
+        handle = src.volume_handle or ""
+        if not handle:
+            # Inline volumes: the per-pod handle is recorded beside the pod's mount directory.
+            data = read_vol_data(os.path.join(os.path.dirname(mount_path), VOL_DATA_FILE))
+            handle = (data or {}).get("volumeHandle", "")
+            if not handle:
+                return None
+        staging = (self.device_mount_path(spec) or "") if self._staged(spec, info) else ""
+        return client.node_get_volume_stats(handle, mount_path, staging)
