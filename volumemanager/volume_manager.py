@@ -36,25 +36,18 @@ class NoSuchPod(LookupError):
 
 def build_plugins(host: DaemonPluginHost, driver_registry=None) -> PluginRegistry:
     """Every built-in plugin. CSI needs the driver registry; the others only the host."""
-    reg = PluginRegistry()
-    reg.register(EmptyDirPlugin(host))
-    reg.register(HostPathPlugin(host))
-    try:  # TEMPORARY while the plugins land
-        from volumemanager.plugins.local import LocalPlugin
-        reg.register(LocalPlugin(host))
-    except ImportError:
-        pass
+    from volumemanager.plugins.csi import CSIPlugin
+    from volumemanager.plugins.local import LocalPlugin
     from volumemanager.plugins.nfs import NFSPlugin
-    reg.register(NFSPlugin(host))
-    try:
-        from volumemanager.plugins.csi import CSIPlugin
-        if driver_registry is None:
-            from volumemanager.csi.registry import DriverRegistry
 
-            driver_registry = DriverRegistry()
-        reg.register(CSIPlugin(host, driver_registry))
-    except ImportError:
-        pass
+    if driver_registry is None:
+        from volumemanager.csi.registry import DriverRegistry
+
+        driver_registry = DriverRegistry()
+    reg = PluginRegistry()
+    for plugin in (EmptyDirPlugin(host), HostPathPlugin(host), LocalPlugin(host), NFSPlugin(host),
+                   CSIPlugin(host, driver_registry)):
+        reg.register(plugin)
     return reg
 
 
