@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--metrics-address", default=None, help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9469; empty disables)")
     d.add_argument("--log-format", default=None, choices=["text", "json"])
     d.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    d.add_argument("--csi-timeout", type=float, default=None, metavar="SECONDS",
+                   help="deadline of every CSI node call (default 120, the kubelet's); past it the volume is uncertain")
 
     s = cmd("status", "desired vs actual, one row per (pod, volume), plus orphans, drivers and manifest errors")
     s.add_argument("--json", action="store_true", help="print JSON (see INTERFACE.md for the fields)")
@@ -239,7 +241,8 @@ def main(argv: list[str] | None = None) -> int:
         from volumemanager.daemon import run_daemon
 
         flags = {k: getattr(args, k) for k in ("root_dir", "socket", "config", "manifest_dir", "plugins_registry_dir",
-                                               "csi_driver", "node_name", "metrics_address", "log_format", "log_level")}
+                                               "csi_driver", "node_name", "metrics_address", "log_format", "log_level",
+                                               "csi_timeout")}
         return run_daemon({k: v for k, v in flags.items() if v is not None})
     if args.command == "install-unit":
         from volumemanager import install_unit

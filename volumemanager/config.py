@@ -12,6 +12,8 @@ DEFAULT_ROOT_DIR = "/var/lib/volumemanager"
 DEFAULT_SOCKET = "/run/volumemanager/volumemanager.sock"
 DEFAULT_MANIFEST_DIR = "/etc/volumemanager/manifests"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9469"
+# The kubelet's csiTimeout: a node call that has not answered in two minutes is uncertain.
+DEFAULT_CSI_TIMEOUT_SECONDS = 120.0
 
 
 class ConfigError(ValueError):
@@ -29,6 +31,7 @@ class DaemonConfig:
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     log_format: str = "text"
     log_level: str = "info"
+    csi_timeout: float = DEFAULT_CSI_TIMEOUT_SECONDS
     config: str | None = None
 
     @property
@@ -41,6 +44,8 @@ class DaemonConfig:
                 raise ConfigError(f"{name} must be an absolute path, got {getattr(self, name)!r}")
         if self.log_format not in ("text", "json"):
             raise ConfigError(f"log_format must be text or json, got {self.log_format!r}")
+        if not float(self.csi_timeout) > 0:
+            raise ConfigError(f"csi_timeout must be a positive number of seconds, got {self.csi_timeout!r}")
         for d in self.csi_driver:
             if "=" not in d:
                 raise ConfigError(f"csi_driver must be NAME=unix:///path, got {d!r}")

@@ -67,7 +67,11 @@ class VolumeManager:
         self.config = config
         self.mounter = mounter or LinuxMounter()
         self.host = DaemonPluginHost(config.root_dir, config.node_name, self.mounter)
-        self.drivers = DriverRegistry()
+        from functools import partial
+
+        from volumemanager.csi.client import CSINodeClient
+
+        self.drivers = DriverRegistry(client_factory=partial(CSINodeClient, timeout=float(config.csi_timeout)))
         self.plugins = build_plugins(self.host, self.drivers)
         self.dsw = DesiredStateOfWorld()
         self.asw = ActualStateOfWorld()
