@@ -14,6 +14,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mount_utils.child import die_with_parent
 from mount_utils.mounter import Mounter
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ def _run(argv: Sequence[str], device: str, timeout: float) -> subprocess.Complet
     try:
         return subprocess.run(
             list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+            preexec_fn=die_with_parent,
             timeout=timeout, env={**os.environ, "LC_ALL": "C"},
         )
     except FileNotFoundError:

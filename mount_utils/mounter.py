@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from mount_utils import syscalls as sc
+from mount_utils.child import die_with_parent
 from mount_utils.mountinfo import DEFAULT_MOUNTINFO, MountInfo, MountTable
 from mount_utils.options import (
     MASK,
@@ -233,6 +234,7 @@ class LinuxMounter:
         try:
             proc = subprocess.run(
                 argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+            preexec_fn=die_with_parent,
                 timeout=self.command_timeout, env={**os.environ, "LC_ALL": "C"},
             )
         except FileNotFoundError:

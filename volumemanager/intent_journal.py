@@ -95,7 +95,9 @@ class FileIntentJournal:
         return self.previous_boot_id is not None and self.previous_boot_id != self.boot_id
 
     def forget_previous(self) -> None:
+        """The previous run's open intents have been dealt with: drop them from the file."""
         self._previous_open = {}
+        self.compact()
 
     # --- IntentJournal --------------------------------------------------------------------
 

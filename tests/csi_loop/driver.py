@@ -321,12 +321,14 @@ class LoopDriver:
         self._check_id(req.volume_id)
         self._check_path("staging_target_path", req.staging_target_path)
         with self.state.lock:
+            vol = self.state.volumes.get(req.volume_id)
+            # Refuse before touching anything: a stale unstage (its CO crashed and a new one
+            # has re-published since) must not pull the staging mount from under a pod.
+            if vol is not None and vol["published"]:
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"volume {req.volume_id} is still published")
             if is_mount_point(req.staging_target_path):
                 run(["umount", req.staging_target_path])
-            vol = self.state.volumes.get(req.volume_id)
             if vol is not None:
-                if vol["published"]:
-                    raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"volume {req.volume_id} is still published")
                 self._detach(vol)
                 del self.state.volumes[req.volume_id]
                 self.state.save()
