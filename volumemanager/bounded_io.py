@@ -56,3 +56,17 @@ def bounded_stat(path: str, timeout: float) -> os.stat_result:
 def bounded_statvfs(path: str, timeout: float) -> os.statvfs_result:
     """``os.statvfs(path)`` that gives up after ``timeout`` seconds (``BoundedIOTimeout``)."""
     return run_bounded(lambda: os.statvfs(path), timeout, f"statvfs {path}")
+
+
+def stats_from_statvfs(st: os.statvfs_result) -> dict[str, int]:
+    """Capacity/usage in NodeGetVolumeStats terms. Used = blocks - free (root-reserved blocks
+    count as used, as in df); available = what unprivileged users can still write."""
+    frsize = st.f_frsize or st.f_bsize
+    return {
+        "capacity_bytes": st.f_blocks * frsize,
+        "used_bytes": (st.f_blocks - st.f_bfree) * frsize,
+        "available_bytes": st.f_bavail * frsize,
+        "inodes": st.f_files,
+        "inodes_used": st.f_files - st.f_ffree,
+        "inodes_free": st.f_ffree,
+    }

@@ -71,21 +71,10 @@ def _split_pod(pod: str) -> tuple[str, str]:
 
 
 def statvfs_stats(path: str) -> dict[str, int]:
-    """Capacity/usage of the filesystem at `path`, like NodeGetVolumeStats.
+    """Capacity/usage of the filesystem at `path`, like NodeGetVolumeStats."""
+    from volumemanager.bounded_io import stats_from_statvfs
 
-    Used = blocks - free (root-reserved blocks count as used, as in df);
-    available = blocks available to unprivileged users.
-    """
-    st = os.statvfs(path)
-    frsize = st.f_frsize or st.f_bsize
-    return {
-        "capacity_bytes": st.f_blocks * frsize,
-        "used_bytes": (st.f_blocks - st.f_bfree) * frsize,
-        "available_bytes": st.f_bavail * frsize,
-        "inodes": st.f_files,
-        "inodes_used": st.f_files - st.f_ffree,
-        "inodes_free": st.f_ffree,
-    }
+    return stats_from_statvfs(os.statvfs(path))
 
 
 class NullMetrics:

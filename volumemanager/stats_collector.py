@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 
-from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs
+from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs, stats_from_statvfs
 
 log = logging.getLogger(__name__)
 
@@ -24,15 +24,7 @@ LOCAL_FS_PLUGINS = ("kubernetes.io/empty-dir", "kubernetes.io/host-path", "kuber
 
 
 def statvfs_dict(path: str) -> dict[str, int]:
-    s = bounded_statvfs(path, STATVFS_TIMEOUT_SECONDS)
-    return {
-        "capacity_bytes": s.f_blocks * s.f_frsize,
-        "used_bytes": (s.f_blocks - s.f_bfree) * s.f_frsize,
-        "available_bytes": s.f_bavail * s.f_frsize,
-        "inodes": s.f_files,
-        "inodes_used": s.f_files - s.f_ffree,
-        "inodes_free": s.f_ffree,
-    }
+    return stats_from_statvfs(bounded_statvfs(path, STATVFS_TIMEOUT_SECONDS))
 
 
 class VolumeStatsCollector:

@@ -30,6 +30,7 @@ from mount_utils.paths import PathSafetyError, safe_create_file, safe_makedirs
 from operation_executor.errors import FinalError, TransientError, UncertainError, WaitingError
 from operation_executor.plugin import VolumePlugin
 from operation_executor.types import BLOCK, PodRef, VolumeSpec
+from volumemanager.bounded_io import stats_from_statvfs
 
 log = logging.getLogger(__name__)
 
@@ -331,11 +332,4 @@ class LocalPlugin(VolumePlugin):
             st = os.statvfs(mount_path)
         except OSError:
             return None
-        return {
-            "capacity_bytes": st.f_blocks * st.f_frsize,
-            "available_bytes": st.f_bavail * st.f_frsize,
-            "used_bytes": (st.f_blocks - st.f_bfree) * st.f_frsize,
-            "inodes": st.f_files,
-            "inodes_free": st.f_ffree,
-            "inodes_used": st.f_files - st.f_ffree,
-        }
+        return stats_from_statvfs(st)

@@ -33,7 +33,7 @@ from mount_utils.paths import PathSafetyError, safe_makedirs
 from operation_executor.errors import FinalError, UncertainError
 from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
-from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs, run_bounded
+from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs, run_bounded, stats_from_statvfs
 from volumemanager.plugins import netprobe
 
 log = logging.getLogger(__name__)
@@ -244,14 +244,7 @@ class NFSPlugin(VolumePlugin):
         except (BoundedIOTimeout, OSError) as err:
             log.warning("no stats for NFS volume at %s: %s", mount_path, err)
             return None
-        return {
-            "capacity_bytes": st.f_blocks * st.f_frsize,
-            "available_bytes": st.f_bavail * st.f_frsize,
-            "used_bytes": (st.f_blocks - st.f_bfree) * st.f_frsize,
-            "inodes": st.f_files,
-            "inodes_free": st.f_ffree,
-            "inodes_used": st.f_files - st.f_ffree,
-        }
+        return stats_from_statvfs(st)
 
 
 __all__ = ["NFSPlugin", "build_mount_command", "nfs_unsupported_reason", "nfs_source_string"]
