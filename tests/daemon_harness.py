@@ -65,12 +65,12 @@ class DaemonProcess:
         env.update(self.env or {})
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
         if wait:
-            wait_until(self._answers, START_TIMEOUT_SECONDS, 0.05, f"the daemon to answer (log: {self.log()})")
+            wait_until(self._answers, START_TIMEOUT_SECONDS, 0.05, f"the daemon to answer (log: {self.log(4000)})")
         return self
 
     def _answers(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
-            raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.log()}")
+            raise AssertionError(f"daemon exited with {self.proc.returncode}: {self.log(4000)}")
         r = self.cli("status", "--json", check=False)
         return r.returncode == 0 and '"source": "daemon"' in r.stdout
 
@@ -92,11 +92,13 @@ class DaemonProcess:
             self.proc.kill()
             self.proc.wait(5)
 
-    def log(self) -> str:
+    def log(self, tail: int | None = None) -> str:
+        """The daemon's log; ``tail`` keeps only the last characters (for failure messages)."""
         try:
-            return self.log_path.read_text(errors="replace")[-4000:]
+            text = self.log_path.read_text(errors="replace")
         except OSError:
             return ""
+        return text[-tail:] if tail else text
 
     def cli(self, *args: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
         cmd = [sys.executable, "-m", "volumemanager", args[0], *self.common, *args[1:]]

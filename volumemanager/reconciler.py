@@ -131,16 +131,19 @@ class Reconciler:
 
     def _on_operation_complete(self, outcome: OperationOutcome) -> None:
         vid = outcome.key.volume_id
-        with self._cond:
-            if isinstance(outcome.error, WaitingError):
+        if isinstance(outcome.error, WaitingError):
+            # Nothing will change until the awaited device or driver shows up: wait for its
+            # event (wake_waiting) or the slow re-check, never retry at once (a busy loop).
+            with self._cond:
                 self._waiting.add(vid)
-            else:
-                self._waiting.discard(vid)
-        if outcome.error is not None and not isinstance(outcome.error, WaitingError):
-            remaining = self._executor.backoff_remaining(outcome.key)
-            self._schedule(remaining + 0.001, vid)
-        elif isinstance(outcome.error, WaitingError):
             self._schedule(WAITING_RECHECK_SECONDS, vid)
+            return
+        with self._cond:
+            self._waiting.discard(vid)
+        if outcome.error is not None:
+            self._schedule(self._executor.backoff_remaining(outcome.key) + 0.001, vid)
+        # Success, or a failure now in backoff: look again (another pod of the volume may be
+        # next, or an unmount may be due).
         self.mark_dirty([vid])
 
     # --- the loop -------------------------------------------------------------------------

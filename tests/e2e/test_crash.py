@@ -105,7 +105,7 @@ def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory
     def converge_and_check() -> None:
         for pod in desired:
             r = d.cli("wait", f"crash/{pod}", "--timeout", str(CONVERGE_SECONDS), check=False)
-            assert r.returncode == 0, f"{pod} did not converge: {r.stdout}{r.stderr}\n{d.log()}"
+            assert r.returncode == 0, f"{pod} did not converge: {r.stdout}{r.stderr}\n{d.log(4000)}"
         st = d.status()
 
         def expected_paths(status) -> set[str]:
@@ -135,7 +135,7 @@ def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory
         counts["missing"] += len(expected - set(points))
         assert not set(points) ^ expected and len(points) == len(set(points)), (
             f"leaked {sorted(set(points) - expected)}, missing {sorted(expected - set(points))}, "
-            f"desired pods {sorted(desired)}\n{d.log()}")
+            f"desired pods {sorted(desired)}\n{d.log(4000)}")
         staged = {v["device_mount_path"] for v in st["volumes"] if v.get("device_mount_path")}
         for m in d.mounts():
             if "/plugins/" in m.mount_point:

@@ -76,8 +76,10 @@ def test_waits_for_device_then_mounts_and_never_reformats(daemon, pending_loop):
     # Pods go away: pod mounts first, the global mount after the last pod, nothing left.
     (daemon.manifests / "pv.yaml").unlink()
     wait_until(lambda: not daemon.mounts(), 20, what="everything unmounted")
+    wait_until(lambda: "unmount_device succeeded" in daemon.log(), what="the unstage to be logged")
     log = daemon.log()
     assert log.rfind("unmount_device succeeded") > log.rfind("unmount_volume succeeded")
+    assert log.count("waiting: DEVICE_NOT_READY") < 20, "a waiting volume must not be retried in a loop"
 
     # And back: the same data, never re-formatted.
     daemon.write_manifest("pv.yaml", pv_manifest("pv1", pending_loop.path))
@@ -109,6 +111,5 @@ def test_block_mode_pod_device_has_the_loop_major_minor(daemon, loop_device_fact
     st_pod, st_dev = os.stat(path), os.stat(loop.path)
     assert stat.S_ISBLK(st_pod.st_mode) and st_pod.st_rdev == st_dev.st_rdev
     (daemon.manifests / "pv.yaml").unlink()
-    wait_until(lambda: not daemon.mounts(), what="unpublished")
-    assert not os.path.exists(path)
+    wait_until(lambda: not daemon.mounts() and not os.path.exists(path), what="unpublished and removed")
     assert sha256_of(loop.path) == before, "Block mode touches no filesystem"
