@@ -197,3 +197,26 @@ class OperationGenerator:
 
         return GeneratedOperation(UNMOUNT_DEVICE, run)
 
+    def expand_volume(self, av: AttachedVolume) -> GeneratedOperation:
+        """Grow a staged volume's filesystem to its device's size (online expansion)."""
+
+        def run() -> None:
+            plugin = self._plugins.find(av.plugin_name)
+            try:
+                size = self._step(
+                    "expand",
+                    av.volume_id,
+                    None,
+                    {"device_path": av.device_path, "device_mount_path": av.device_mount_path},
+                    lambda: plugin.expand(av.spec, av.device_path, av.device_mount_path),
+                )
+            except BaseException as e:
+                # A failed resize leaves the filesystem as it was, still mounted: record why.
+                err = as_operation_error(e, "Expand")
+                self._asw.record_result(av.volume_id, None, "Expand", err)
+                raise err from (None if err is e else e)
+            if size is not None:
+                self._asw.mark_volume_size(av.volume_id, int(size))
+            self._asw.record_result(av.volume_id, None, "Expand", None)
+
+        return GeneratedOperation(EXPAND_VOLUME, run)

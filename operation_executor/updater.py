@@ -48,6 +48,10 @@ class ActualStateUpdater(Protocol):
 
     def mark_volume_unmounted(self, volume_id: str, pod_uid: str) -> None: ...
 
+    def mark_volume_size(self, volume_id: str, size_bytes: int) -> None:
+        """The size the volume's filesystem was grown to (online expansion)."""
+        ...
+
     def record_result(self, volume_id: str, pod_uid: str | None, operation: str, error: OperationError | None) -> None:
         """Remember the outcome of the last operation on (volume, pod); None clears the error."""
         ...

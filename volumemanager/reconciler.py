@@ -23,7 +23,12 @@ from typing import Callable, Iterable
 
 from operation_executor.errors import AlreadyPendingError, BackoffError, WaitingError
 from operation_executor.executor import OperationExecutor, OperationKey, OperationOutcome
-from operation_executor.generator import MOUNT_VOLUME, UNMOUNT_DEVICE, UNMOUNT_VOLUME, OperationGenerator
+from operation_executor.generator import (
+    MOUNT_VOLUME,
+    UNMOUNT_DEVICE,
+    UNMOUNT_VOLUME,
+    OperationGenerator,
+)
 from operation_executor.states import DeviceMountState, VolumeMountState
 from operation_executor.types import AttachedVolume, MountedVolume, VolumeToMount
 from volumemanager.cache.actual_state import ActualStateOfWorld
@@ -119,6 +124,24 @@ class Reconciler:
             if self._waiting:
                 self._dirty |= self._waiting
                 self._cond.notify()
+
+    def expand_for_device(self, devnode: str | None, major: int | None, minor: int | None) -> list[str]:
+        """A block device changed (it may have grown): start an online expansion of every
+        staged, desired volume on it. Runs under the volume's whole key, so it never races
+        a stage or unstage; a busy or backed-off volume is skipped (the next event retries)."""
+        started = []
+        for av in self._asw.attached_volumes():
+            if not (av.device_mountable and av.device_state is DeviceMountState.MOUNTED and av.device_path):
+                continue
+            if not self._dsw.volume_exists(av.volume_id) or not _same_device(av.device_path, devnode, major, minor):
+                continue
+            op = self._generator.expand_volume(av)
+            try:
+                self._executor.run(OperationKey(av.volume_id), op.name, op.fn, plugin=av.plugin_name)
+            except (AlreadyPendingError, BackoffError):
+                continue
+            started.append(av.volume_id)
+        return started
 
     def waiting_volumes(self) -> set[str]:
         with self._cond:
@@ -320,3 +343,17 @@ class Reconciler:
             av = self._asw.get_volume(vid)
             return self._generator.unmount_device(av) if av is not None else None
         raise ValueError(f"unknown action {action.kind}")
+
+
+def _same_device(device_path: str, devnode: str | None, major: int | None, minor: int | None) -> bool:
+    import os
+
+    if devnode and os.path.realpath(device_path) == os.path.realpath(devnode):
+        return True
+    if major is None or minor is None:
+        return False
+    try:
+        rdev = os.stat(device_path).st_rdev
+    except OSError:
+        return False
+    return (os.major(rdev), os.minor(rdev)) == (major, minor)

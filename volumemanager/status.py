@@ -52,6 +52,7 @@ class VolumeRow:
     volume_id: str | None = None
     in_progress: str | None = None
     reason: str | None = None  # why an unresolved volume cannot be mounted
+    size_bytes: int | None = None  # the filesystem's size after the last online expansion
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -119,6 +120,7 @@ def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: Operati
         volume_id=vid, mount_path=mv.mount_path if mv else None,
         device_path=av.device_path if av else None, device_mount_path=av.device_mount_path if av else None,
     )
+    row.size_bytes = asw.size_bytes(vid)
     pod_state = mv.state if mv else VolumeMountState.NOT_MOUNTED
     key_pod = None if vtm.device_mountable else uid
     row.in_progress = executor.pending_operation(vid, key_pod)
@@ -160,6 +162,8 @@ def explain_row(row: VolumeRow, drivers: set[str] | None = None) -> list[str]:
     lines: list[str] = []
     if row.state == MOUNTED:
         lines.append(f"mounted at {row.mount_path}")
+        if row.size_bytes:
+            lines.append(f"expanded online to {row.size_bytes} bytes")
         if row.device_mount_path:
             lines.append(f"staged at {row.device_mount_path}" + (f" from {row.device_path}" if row.device_path else ""))
         return lines

@@ -169,10 +169,16 @@ class VolumeManager:
             from volumemanager.devices import DeviceEventSource
 
             self._device_source = DeviceEventSource()
-            self._device_source.start(lambda ev: self.reconciler.wake_waiting())
+            self._device_source.start(self._on_device_event)
         except Exception as e:  # noqa: BLE001 - the slow re-check still finds devices
             log.warning("device events unavailable, relying on periodic re-checks: %s", e)
             self._device_source = None
+
+    def _on_device_event(self, ev) -> None:
+        """A hint: wake volumes waiting for a device, and grow filesystems whose device changed."""
+        self.reconciler.wake_waiting()
+        if ev.action == "change":
+            self.reconciler.expand_for_device(ev.devnode, ev.major, ev.minor)
 
     def stop(self, wait_operations: float = 30.0) -> None:
         """Stop the loop and the watchers. Mounts stay: stopping is not unmounting."""

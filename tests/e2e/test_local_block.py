@@ -113,3 +113,20 @@ def test_block_mode_pod_device_has_the_loop_major_minor(daemon, loop_device_fact
     (daemon.manifests / "pv.yaml").unlink()
     wait_until(lambda: not daemon.mounts() and not os.path.exists(path), what="unpublished and removed")
     assert sha256_of(loop.path) == before, "Block mode touches no filesystem"
+
+
+def test_online_expansion_when_the_device_grows(daemon, loop_device_factory):
+    """ext4 cannot be grown online here (resize2fs needs CAP_SYS_RESOURCE, which this sandbox
+    lacks), so this uses xfs (minimum size 300 MiB, sparse)."""
+    require_tools("mkfs.xfs", "xfs_growfs")
+    loop = loop_device_factory(size_mb=320)
+    daemon.write_manifest("pv.yaml", pv_manifest("pv4", loop.path).replace(
+        f"local: {{path: {loop.path}}}", f"local: {{path: {loop.path}, fsType: xfs}}"))
+    assert daemon.cli("wait", "demo/app", "--timeout", "30").returncode == 0
+    mount_path = row(daemon, "demo/app")["mount_path"]
+    before = os.statvfs(mount_path)
+    loop.grow(640)  # truncate + losetup -c: the kernel sends a change event
+    wait_until(lambda: row(daemon, "demo/app").get("size_bytes") == 640 << 20, 20, what="the expansion in status")
+    after = os.statvfs(mount_path)
+    assert after.f_blocks * after.f_frsize > 1.8 * before.f_blocks * before.f_frsize
+    assert "expanded online to" in daemon.cli("explain", "demo/app").stdout

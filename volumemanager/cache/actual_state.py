@@ -46,6 +46,7 @@ class _Volume:
     device_mount_path: str | None = None
     pods: dict[str, _Pod] = field(default_factory=dict)
     reconstructed: bool = False
+    size_bytes: int | None = None
 
 
 class ActualStateOfWorld:
@@ -126,6 +127,18 @@ class ActualStateOfWorld:
             v.pods.pop(pod_uid, None)
             self._maybe_drop(volume_id)
             self._touch(volume_id)
+
+    def mark_volume_size(self, volume_id: str, size_bytes: int) -> None:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            if v is not None and v.size_bytes != size_bytes:
+                v.size_bytes = size_bytes
+                self._touch(volume_id)
+
+    def size_bytes(self, volume_id: str) -> int | None:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            return v.size_bytes if v else None
 
     def record_result(self, volume_id: str, pod_uid: str | None, operation: str, error: OperationError | None) -> None:
         now = time.time()
