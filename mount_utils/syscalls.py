@@ -53,10 +53,11 @@ AT_STATX_DONT_SYNC = 0x4000
 STATX_TYPE = 0x1
 STATX_ATTR_MOUNT_ROOT = 0x2000
 _STATX_BUF_SIZE = 256  # sizeof(struct statx)
-# struct statx: stx_mask u32 @0, stx_blksize u32 @4, stx_attributes u64 @8, ...,
-# stx_attributes_mask u64 @40.
+# struct statx: stx_mask u32 @0, stx_blksize u32 @4, stx_attributes u64 @8, stx_nlink u32 @16,
+# stx_uid u32 @20, stx_gid u32 @24, stx_mode u16 @28, pad @30, stx_ino u64 @32, stx_size u64 @40,
+# stx_blocks u64 @48, stx_attributes_mask u64 @56.
 _STATX_ATTRS = struct.Struct("=8xQ")
-_STATX_ATTRS_MASK = struct.Struct("=40xQ")
+_STATX_ATTRS_MASK = struct.Struct("=56xQ")
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 

@@ -101,7 +101,10 @@ class SystemdNotifier:
         payload = "\n".join(lines).encode("utf-8", "replace")
         try:
             with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
-                sock.sendto(payload, self._address)
+                # Never block: this runs on the reconciler's thread, and a receiver that does
+                # not read (a busy or stuck systemd) must cost a dropped message, not a wedged
+                # reconciler. The next status or ping replaces a dropped one.
+                sock.sendto(payload, socket.MSG_DONTWAIT, self._address)
         except OSError as exc:
             with self._lock:
                 first = not self._warned

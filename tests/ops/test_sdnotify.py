@@ -146,3 +146,24 @@ def test_watchdog_due_and_ping_if_due(receiver: Receiver) -> None:
     assert n.watchdog_due(105.0)
     assert n.watchdog_ping_if_due(106.0) is True
     assert receiver.recv() == ["WATCHDOG=1"]
+
+
+def test_notify_never_blocks_when_nobody_reads(tmp_path):
+    """A full receive queue (systemd busy or stuck) drops messages instead of blocking the
+    reconciler thread that sends them."""
+    import socket as _socket
+    import time as _time
+
+    from volumemanager.sdnotify import SystemdNotifier
+
+    path = str(tmp_path / "notify.sock")
+    rx = _socket.socket(_socket.AF_UNIX, _socket.SOCK_DGRAM)
+    rx.bind(path)
+    try:
+        n = SystemdNotifier(environ={"NOTIFY_SOCKET": path})
+        start = _time.monotonic()
+        results = [n.status(f"status {i}") for i in range(200)]
+        assert _time.monotonic() - start < 5
+        assert results[0] and not all(results), "the first are delivered, the rest dropped"
+    finally:
+        rx.close()

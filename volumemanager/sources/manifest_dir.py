@@ -44,8 +44,9 @@ log = logging.getLogger(__name__)
 # such a missed change can go unnoticed without costing anything measurable.
 RESCAN_INTERVAL = 30.0
 # A burst of events for one change (create, modify, close; or write temp + rename) arrives
-# within a few milliseconds; waiting this long after the last event turns it into one re-read.
-DEBOUNCE_SECONDS = 0.02
+# within a millisecond or two; waiting this long after the last event turns it into one
+# re-read. It adds directly to the manifest-to-mount latency, so it is kept short.
+DEBOUNCE_SECONDS = 0.005
 # ...but a file that is written continuously is still read at least this often.
 DEBOUNCE_MAX_SECONDS = 0.2
 # How long stop() waits for the worker and observer threads.
