@@ -136,7 +136,7 @@ def print_status_table(data: dict) -> None:
 
     console = Console()
     if data.get("source") == "disk":
-        console.print(f"[bold]no daemon answered[/]: {data.get('note', '')}")
+        console.print(f"[bold]{data.get('note', 'no daemon answered')}[/]")
     table = Table(title=f"volumes on {data.get('node')}", show_lines=False)
     for col in ("POD", "VOLUME", "PLUGIN", "STATE", "PATH / REASON"):
         table.add_column(col)

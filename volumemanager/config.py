@@ -80,6 +80,10 @@ def build_config(flag_values: dict) -> DaemonConfig:
     if cfg_path:
         values.update(load_config_file(cfg_path))
     values.update({k: v for k, v in flag_values.items() if v is not None and v != []})
+    for key in ("root_dir", "manifest_dir", "plugins_registry_dir", "socket"):
+        # Relative paths mean "from here", as with any command; the daemon keeps them absolute.
+        if isinstance(values.get(key), str) and values[key]:
+            values[key] = os.path.abspath(values[key])
     cfg = DaemonConfig(**values)
     cfg.validate()
     return cfg

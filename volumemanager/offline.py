@@ -48,8 +48,8 @@ def offline_status(root_dir: str, manifest_dir: str, node_name: str) -> dict:
     return {
         "node": node_name,
         "source": "disk",
-        "note": "no daemon answered; desired state read from the manifest dir, actual state from the root dir and "
-                "/proc/self/mountinfo",
+        "note": "no daemon answered: desired state read from the manifest dir, actual state from the root dir "
+                "and /proc/self/mountinfo",
         "root_dir": os.path.abspath(root_dir),
         "volumes": [r.to_dict() for r in rows],
         "orphans": st.find_orphans(root_dir, table, known),
