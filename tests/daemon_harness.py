@@ -38,6 +38,19 @@ def wait_until(predicate: Callable[[], object], timeout: float = 10.0, interval:
         time.sleep(interval)
 
 
+def pods_on_claim(claim: str, pods: tuple[str, ...] | list[str], namespace: str = "demo") -> list[str]:
+    """Manifest documents for pods that each mount ``claim`` as their volume ``vol``."""
+    return [f"""\
+apiVersion: v1
+kind: Pod
+metadata: {{name: {pod}, namespace: {namespace}}}
+spec:
+  volumes:
+  - name: vol
+    persistentVolumeClaim: {{claimName: {claim}}}
+""" for pod in pods]
+
+
 class DaemonProcess:
     def __init__(self, base: Path, extra_args: list[str] | None = None, env: dict | None = None) -> None:
         self.base = base

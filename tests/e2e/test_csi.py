@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from tests.csi_loop.harness import plugin_factory
-from tests.daemon_harness import wait_until
+from tests.daemon_harness import pods_on_claim, wait_until
 from tests.fixtures_mounts import require_root, require_tools
 
 pytestmark = [pytest.mark.timeout(180)]
@@ -33,17 +33,7 @@ kind: PersistentVolumeClaim
 metadata: {{name: {claim}, namespace: demo}}
 spec: {{volumeName: {name}}}
 """]
-    for pod in pods:
-        docs.append(f"""\
-apiVersion: v1
-kind: Pod
-metadata: {{name: {pod}, namespace: demo}}
-spec:
-  volumes:
-  - name: vol
-    persistentVolumeClaim: {{claimName: {claim}}}
-""")
-    return "---\n".join(docs)
+    return "---\n".join(docs + pods_on_claim(claim, pods))
 
 
 @pytest.fixture(autouse=True)

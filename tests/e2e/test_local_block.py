@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from tests.daemon_harness import wait_until
+from tests.daemon_harness import pods_on_claim, wait_until
 from tests.fixtures_mounts import require_root, require_tools, sha256_of, write_mbr
 from tests.plugins_block.conftest import pending_loop  # noqa: F401 - fixture
 from tests.fixtures_mounts import loop_device_factory  # noqa: F401 - fixture
@@ -30,17 +30,7 @@ kind: PersistentVolumeClaim
 metadata: {{name: {claim}, namespace: demo}}
 spec: {{volumeName: {name}, volumeMode: {mode}}}
 """]
-    for pod in pods:
-        docs.append(f"""\
-apiVersion: v1
-kind: Pod
-metadata: {{name: {pod}, namespace: demo}}
-spec:
-  volumes:
-  - name: vol
-    persistentVolumeClaim: {{claimName: {claim}}}
-""")
-    return "---\n".join(docs)
+    return "---\n".join(docs + pods_on_claim(claim, pods))
 
 
 @pytest.fixture(autouse=True)
