@@ -135,20 +135,16 @@ class CSIPlugin(VolumePlugin):
 
     def _driver(self, driver: str) -> tuple[DriverInfo, CSINodeClient]:
         info = self.registry.get(driver)
-        if info is None:
-            raise WaitingError(
-                f"CSI driver {driver} is not registered on this node",
-                waiting_for=f"CSI driver {driver}",
-                code="DRIVER_NOT_REGISTERED",
-            )
-        try:
-            return info, self.registry.client(driver)
-        except KeyError:  # deregistered between the two calls
-            raise WaitingError(
-                f"CSI driver {driver} is not registered on this node",
-                waiting_for=f"CSI driver {driver}",
-                code="DRIVER_NOT_REGISTERED",
-            ) from None
+        if info is not None:
+            try:
+                return info, self.registry.client(driver)
+            except KeyError:  # deregistered between the two calls
+                pass
+        raise WaitingError(
+            f"CSI driver {driver} is not registered on this node",
+            waiting_for=f"CSI driver {driver}",
+            code="DRIVER_NOT_REGISTERED",
+        )
 
     def _is_mount_point(self, path: str) -> bool:
         mounter = self.host.mounter
