@@ -247,7 +247,8 @@ class Reconciler:
                     self._waiting.discard(vid)
 
     def decide(self, volume_ids: set[str] | None = None) -> list[Action]:
-        """The operations this pass would start, in order, without starting any."""
+        """The operations this pass would start, in order, without starting any (an action
+        whose key is busy or backing off is still listed: the executor has the last word)."""
         if volume_ids is None:
             volume_ids = self._dsw.volume_ids() | self._asw.volume_ids()
         ids = sorted(volume_ids)
@@ -273,7 +274,11 @@ class Reconciler:
                     and not self._dsw.volume_exists(av.volume_id)
                 ):
                     actions.append(self._unmount_device_action(av))
-        return [self._annotate(a) for a in actions]
+        return actions
+
+    def plan(self) -> list[Action]:
+        """What a full pass would start now, each marked with what holds it back, if anything."""
+        return [self._annotate(a) for a in self.decide(None)]
 
     def _annotate(self, a: Action) -> Action:
         key = OperationKey(a.volume_id, a.pod_uid)
@@ -311,8 +316,7 @@ class Reconciler:
         )
 
     def _start(self, action: Action) -> bool:
-        if action.blocked_by is not None and action.blocked_by.startswith("in progress"):
-            return False
+        """Start the action's operation; the executor refuses it while a conflicting one runs."""
         key = OperationKey(action.volume_id, action.pod_uid)
         op = self._generate(action)
         if op is None:

@@ -250,16 +250,13 @@ class VolumeManager:
         out = []
         for r in rows:
             out.append({"volume": r.volume, "state": r.state, "lines": st.explain_row(r, drivers), "row": r.to_dict()})
-        if not rows:
-            out_lines = [f"pod {pod_key} has no volumes"]
-        else:
-            out_lines = []
+        out_lines = [] if rows else [f"pod {pod_key} has no volumes"]
         all_mounted = all(r.state == st.MOUNTED for r in rows)
         return (0 if all_mounted else 1), {"pod": pod_key, "found": True, "volumes": out, "lines": out_lines,
                                             "source": dp.source}
 
     def plan(self) -> list[dict]:
-        return [a.to_dict() for a in self.reconciler.decide(None)]
+        return [a.to_dict() for a in self.reconciler.plan()]
 
     def pod_mounted(self, pod_key: str) -> bool | None:
         dp = self.dsw.find_pod(pod_key)

@@ -220,10 +220,6 @@ class ActualStateOfWorld:
         with self._lock:
             return self._results.get((volume_id, pod_uid))
 
-    def forget_results(self, volume_id: str, pod_uid: str | None = None) -> None:
-        with self._lock:
-            self._results.pop((volume_id, pod_uid), None)
-
     def forget_volume_results(self, volume_id: str) -> None:
         with self._lock:
             for k in [k for k in self._results if k[0] == volume_id]:

@@ -32,9 +32,6 @@ class DesiredPod:
     unresolved: tuple[UnresolvedVolume, ...] = ()
     source: str | None = None  # e.g. the manifest file, for explain
 
-    def outer_names(self) -> list[str]:
-        return [v.outer_name for v in self.volumes] + [u.outer_name for u in self.unresolved]
-
 
 @dataclass
 class _Entry:
