@@ -62,8 +62,16 @@ class OperationGenerator:
         self._asw = updater
         self._journal = journal or NullJournal()
 
-    def _step(self, step: str, volume_id: str, pod_uid: str | None, details: dict, fn: Callable[[], object]):
-        token = self._journal.begin(step, volume_id, pod_uid, details)
+    def _step(
+        self,
+        step: str,
+        volume_id: str,
+        pod_uid: str | None,
+        details: dict,
+        fn: Callable[[], object],
+        durable: bool = True,
+    ):
+        token = self._journal.begin(step, volume_id, pod_uid, details, durable=durable)
         try:
             result = fn()
         except BaseException as e:
@@ -97,6 +105,7 @@ class OperationGenerator:
                                 None,
                                 {"device_path": device_path, "device_mount_path": device_mount_path},
                                 lambda: plugin.mount_device(spec, device_path, device_mount_path),
+                                durable=plugin.durable_intents,
                             )
                         except BaseException as e:
                             if is_uncertain(e) or device_state is DeviceMountState.UNCERTAIN:
@@ -120,6 +129,7 @@ class OperationGenerator:
                     pod.uid,
                     {"mount_path": mount_path, "device_mount_path": device_mount_path},
                     lambda: plugin.set_up(spec, pod, vtm.outer_name, device_mount_path),
+                    durable=plugin.durable_intents,
                 )
             except BaseException as e:
                 err = as_operation_error(e, "SetUp")
@@ -150,6 +160,7 @@ class OperationGenerator:
                     mv.pod.uid,
                     {"mount_path": mv.mount_path},
                     lambda: plugin.tear_down(mv.spec, mv.pod, mv.outer_name, mv.mount_path),
+                    durable=plugin.durable_intents,
                 )
             except BaseException as e:
                 err = as_operation_error(e, "TearDown")
@@ -186,6 +197,7 @@ class OperationGenerator:
                         None,
                         {"device_mount_path": path, "device_path": av.device_path},
                         lambda: plugin.unmount_device(av.spec, path),
+                        durable=plugin.durable_intents,
                     )
             except BaseException as e:
                 err = as_operation_error(e, "UnmountDevice")
@@ -209,6 +221,7 @@ class OperationGenerator:
                     None,
                     {"device_path": av.device_path, "device_mount_path": av.device_mount_path},
                     lambda: plugin.expand(av.spec, av.device_path, av.device_mount_path),
+                    durable=plugin.durable_intents,
                 )
             except BaseException as e:
                 # A failed resize leaves the filesystem as it was, still mounted: record why.

@@ -11,9 +11,12 @@ from typing import Any, Mapping, Protocol
 
 
 class IntentJournal(Protocol):
-    def begin(self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any]) -> object:
-        """Record that ``step`` is about to run; returns a token for ``end``. Must be durable
-        when it returns. ``details`` never holds secret values, only references."""
+    def begin(
+        self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any], durable: bool = True
+    ) -> object:
+        """Record that ``step`` is about to run; returns a token for ``end``. When it returns
+        the record survives the daemon being killed, and with ``durable`` (fsync) a power loss
+        too. ``details`` never holds secret values, only references."""
         ...
 
     def end(self, token: object, outcome: str) -> None:
@@ -22,7 +25,9 @@ class IntentJournal(Protocol):
 
 
 class NullJournal:
-    def begin(self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any]) -> object:
+    def begin(
+        self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any], durable: bool = True
+    ) -> object:
         return None
 
     def end(self, token: object, outcome: str) -> None:

@@ -48,6 +48,12 @@ class VolumePlugin(ABC):
     """Base class of every volume plugin. ``name`` is kubelet-style, e.g. ``kubernetes.io/empty-dir``."""
 
     name: str = ""
+    # Whether the intent journal must fsync before this plugin's steps. A step whose only
+    # effect is a mount (tmpfs, bind) cannot outlive the boot that made it, and a crash of the
+    # daemon alone never loses a record already written to the kernel; so for such plugins a
+    # plain write is as safe as an fsync. Plugins whose steps leave state that survives a
+    # reboot (a mkfs, a CSI driver's own bookkeeping) keep the default.
+    durable_intents: bool = True
 
     def __init__(self, host: PluginHost) -> None:
         self.host = host

@@ -1,11 +1,13 @@
 """A durable record of what the daemon is about to do, written before it does it (Mesos'
-checkpointed intents): ``begin`` is fsync'd before the plugin call starts; ``end`` is
-written after it, and made durable with the next ``begin``.
+checkpointed intents): ``begin`` is written, and fsync'd, before the plugin call starts;
+``end`` is written after it, with the next ``begin``.
 
 Batching is safe in exactly that direction: losing an ``end`` makes a finished step look
 interrupted, and every step is idempotent, so the worst case is one extra call after a crash.
 Concurrent ``begin`` calls share one fsync (group commit), which keeps a thousand volumes
-coming up in parallel from paying a thousand fsyncs in a row.
+coming up in parallel from paying a thousand fsyncs in a row. A ``begin(durable=False)`` is
+written but not fsync'd: for steps whose only effect is a mount, which a power loss undoes
+anyway, while a crash of the daemon alone never loses what was written to the kernel.
 
 At start-up ``open_intents()`` lists the steps of the previous run that began and never
 ended, and ``previous_boot_id`` tells whether the node rebooted since (then every mount is
@@ -53,11 +55,16 @@ class FileIntentJournal:
         self.boot_id = boot_id or current_boot_id()
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.previous_boot_id, self._previous_open = self._load()
+        # Lock order: _sync_lock, then _write_lock, then _lock. _lock guards the records;
+        # _write_lock keeps writes in sequence order; _sync_lock lets one fsync cover many
+        # begins while other threads go on writing.
         self._lock = threading.Lock()
-        self._flush_lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self._sync_lock = threading.Lock()
         self._pending: list[str] = []
         self._seq = 0
-        self._flushed = 0
+        self._written = 0  # records up to this sequence number are in the kernel
+        self._synced = 0  # ... and up to this one on disk
         self._open: dict[int, dict] = {}
         self._records = 0
         # Start a fresh file that carries the previous run's open intents forward until the
@@ -101,7 +108,9 @@ class FileIntentJournal:
 
     # --- IntentJournal --------------------------------------------------------------------
 
-    def begin(self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any]) -> object:
+    def begin(
+        self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any], durable: bool = True
+    ) -> object:
         with self._lock:
             self._seq += 1
             token = self._seq
@@ -110,7 +119,7 @@ class FileIntentJournal:
             self._open[token] = rec
             self._pending.append(json.dumps(rec, default=str) + "\n")
             seq = self._seq
-        self._flush(seq)
+        self._flush(seq, durable)
         return token
 
     def end(self, token: object, outcome: str) -> None:
@@ -125,24 +134,34 @@ class FileIntentJournal:
         if compact:
             self.compact()
 
-    def _flush(self, upto: int) -> None:
-        with self._flush_lock:
-            if self._flushed >= upto:
-                return  # another thread's fsync already covered this record
+    def _write_pending(self) -> None:
+        with self._write_lock:
             with self._lock:
                 lines, self._pending = self._pending, []
                 last = self._seq
             if lines:
                 os.write(self._fd, "".join(lines).encode())
-                os.fsync(self._fd)
-            self._flushed = last
+            self._written = max(self._written, last)
+
+    def _flush(self, upto: int, durable: bool = True) -> None:
+        """Make every record up to ``upto`` written (and, when ``durable``, fsync'd)."""
+        if self._written < upto:
+            self._write_pending()
+        if not durable:
+            return
+        with self._sync_lock:
+            if self._synced >= upto:
+                return  # another thread's fsync already covered this record
+            covered = self._written
+            os.fsync(self._fd)
+            self._synced = covered
 
     def compact(self) -> None:
-        with self._flush_lock:
+        with self._sync_lock, self._write_lock:
             with self._lock:
                 keep = list(self._previous_open.values()) + list(self._open.values())
                 self._pending = []
-                self._flushed = self._seq
+                self._written = self._synced = self._seq
                 self._records = 0
             os.close(self._fd)
             self._rewrite(keep)

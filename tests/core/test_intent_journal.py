@@ -60,3 +60,17 @@ def test_no_secret_values_are_written(tmp_path):
     j.close()
     text = open(j.path).read()
     assert "creds" in text and "hunter2" not in text
+
+
+def test_a_non_durable_begin_is_still_written_before_the_step(tmp_path):
+    """durable=False skips the fsync, never the write: a daemon killed right after begin()
+    returns still leaves the record for the next run (the kernel holds it)."""
+    j = FileIntentJournal(str(tmp_path), boot_id="b")
+    j.begin("set_up", "tmpfs-vol", "pod", {"mount_path": "/m"}, durable=False)
+    assert lines(j.path)[-1]["volume_id"] == "tmpfs-vol"
+    done = j.begin("set_up", "other", "pod", {}, durable=False)
+    j.end(done, "ok")
+    j.begin("mount_device", "disk", None, {})  # durable: carries the records before it
+    # crash without close()
+    assert [r["volume_id"] for r in FileIntentJournal(str(tmp_path), boot_id="b").open_intents()] == [
+        "tmpfs-vol", "disk"]

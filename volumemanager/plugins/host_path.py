@@ -36,6 +36,7 @@ def _is_under(path: str, root: str) -> bool:
 
 class HostPathPlugin(VolumePlugin):
     name = HOST_PATH_PLUGIN
+    durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
 
     def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
         return self.host.pod_volume_dir(pod.uid, self.name, outer_name)

@@ -109,6 +109,7 @@ class NFSPlugin(VolumePlugin):
     """``spec.source`` is duck-typed: ``.server``, ``.path``, ``.read_only``."""
 
     name = PLUGIN_NAME
+    durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
 
     def __init__(
         self,
