@@ -142,14 +142,20 @@ def mask_secrets(text: str) -> str:
     pattern = _secret_re
     if pattern is not None:
         text = pattern.sub(MASK, text)
+    # Both key=value patterns need a sensitive word; most lines (one per operation) have
+    # none, and a substring test is ~20x cheaper than running the regexes.
+    if not _is_sensitive_key(text):
+        return text
     text = _KV_RE.sub(lambda m: m.group(1) + m.group(2) + MASK, text)
     text = _JSON_KV_RE.sub(lambda m: m.group(1) + m.group(2) + m.group(1) + m.group(3) + '"' + MASK + '"', text)
     return text
 
 
+_SENSITIVE_WORD_RE = re.compile("|".join(_SENSITIVE_WORDS))  # on lower-cased text: faster than (?i)
+
+
 def _is_sensitive_key(name: str) -> bool:
-    lowered = name.lower()
-    return any(word in lowered for word in _SENSITIVE_WORDS)
+    return _SENSITIVE_WORD_RE.search(name.lower()) is not None
 
 
 class SecretMaskingFilter(logging.Filter):
