@@ -15,6 +15,8 @@ import stat
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from mount_utils import syscalls as sc
+
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _PATH_FLAGS = os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -62,15 +64,44 @@ def _open_component(dir_fd: int, name: str, full: str, flags: int = _DIR_FLAGS) 
         raise
 
 
+# openat2 resolution for a walk below a trusted root: no symlink anywhere, no escape.
+_RESOLVE_BELOW = sc.RESOLVE_NO_SYMLINKS | sc.RESOLVE_NO_MAGICLINKS | sc.RESOLVE_BENEATH
+
+
+def _open_deepest_existing(root_fd: int, components: list[str]) -> tuple[int, int] | None:
+    """(fd, k): an fd of the deepest existing directory root/components[:k], resolved in one
+    openat2 each with no symlink followed. Most paths exist, or miss only their last one or
+    two components, so this replaces a syscall per component with one or two.
+
+    None when openat2 is unavailable or refuses (a symlink, a non-directory): the caller
+    walks component by component, which names the offending component precisely."""
+    for k in range(len(components), 0, -1):
+        try:
+            fd = sc.openat2(root_fd, "/".join(components[:k]), _DIR_FLAGS, _RESOLVE_BELOW)
+        except FileNotFoundError:
+            continue
+        except OSError:
+            return None
+        if fd is None:
+            return None
+        return fd, k
+    return None
+
+
 @contextmanager
 def open_dir_below(root: str, components: list[str], *, create: bool = False,
                    mode: int = 0o750) -> Iterator[int]:
-    """Yield an fd of directory root/components..., walking with O_NOFOLLOW (and creating
-    missing components with `mode` when `create`). The fd is closed on exit."""
+    """Yield an fd of directory root/components..., never following a symlink below `root`
+    (creating missing components with `mode` when `create`). The fd is closed on exit."""
     fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        walked = root.rstrip("/")
-        for name in components:
+        start = 0
+        found = _open_deepest_existing(fd, components) if components else None
+        if found is not None:
+            os.close(fd)
+            fd, start = found
+        walked = "/".join([root.rstrip("/"), *components[:start]])
+        for name in components[start:]:
             walked = f"{walked}/{name}"
             if create:
                 try:
