@@ -420,6 +420,7 @@ class MountInfoWatcher:
     def __init__(self, path: str = DEFAULT_MOUNTINFO) -> None:
         self._path = path
         self._fd: int | None = None  # set first so close()/__del__ work if open() fails
+        self._last = b""
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._poll = select.poll()
         self._poll.register(self._fd, _WATCH_EVENTS)
@@ -432,11 +433,24 @@ class MountInfoWatcher:
         return self._fd
 
     def _drain(self) -> None:
-        """Read the file to its end: this re-arms the change notification."""
+        """Read the file to its end: this re-arms the change notification. The text read is
+        kept, so a caller that wants the table after a change needs no second read."""
         fd = self.fileno()
         os.lseek(fd, 0, os.SEEK_SET)
-        while os.read(fd, 1 << 16):
-            pass
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        self._last = b"".join(chunks)
+
+    def table(self) -> MountTable:
+        """The mount table as read when the watcher last re-armed (at creation, or in the
+        `wait` that returned True): at least as new as the change that was reported."""
+        return MountTable.parse(os.fsdecode(self._last))
+
+    def refresh(self) -> MountTable:
+        """Read the table now (and re-arm): for the periodic safety-net check."""
+        self._drain()
+        return self.table()
 
     def wait(self, timeout: float) -> bool:
         """Block up to `timeout` seconds; True when the mount table changed (then re-armed)."""

@@ -13,7 +13,8 @@ import logging
 import threading
 import time
 
-from mount_utils.mountinfo import MountInfoWatcher
+from mount_utils.mounter import LinuxMounter
+from mount_utils.mountinfo import MountInfoWatcher, MountTable
 
 log = logging.getLogger(__name__)
 
@@ -28,12 +29,23 @@ def _needs_mount_point(mv) -> bool:
     return not (mv.plugin_name == "kubernetes.io/empty-dir" and getattr(mv.spec.source, "medium", "") != "Memory")
 
 
+def _still_mounted(vm, path: str) -> bool:
+    """Ask the kernel again about a mount the table lacks: the table was read before the
+    actual state was, so an operation that finished in between looks vanished in it."""
+    try:
+        return vm.mounter.is_mount_point(path)
+    except OSError:
+        return False
+
+
 class MountWatcher:
     def __init__(self, vm) -> None:
         self._vm = vm
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="vm-mountinfo", daemon=True)
         self.checks = 0
+        # The watcher's own read is the table only when the mounter is the kernel's.
+        self._kernel_table = isinstance(vm.mounter, LinuxMounter)
 
     def start(self) -> None:
         self._thread.start()
@@ -53,31 +65,40 @@ class MountWatcher:
             while not self._stop.is_set():
                 changed = watcher.wait(1.0) if watcher is not None else self._stop.wait(1.0)
                 if changed:
-                    # Let a burst settle, then read once.
-                    while watcher.wait(DEBOUNCE_SECONDS) and not self._stop.is_set():
+                    # Let a burst settle: while changes keep coming, look again only once per
+                    # DEBOUNCE_SECONDS (each look reads the whole table to re-arm the
+                    # notification, so looking at every change would cost a read per mount).
+                    while not self._stop.wait(DEBOUNCE_SECONDS) and watcher.wait(0):
                         pass
-                if changed or time.monotonic() - last_check >= PERIODIC_CHECK_SECONDS:
+                periodic = time.monotonic() - last_check >= PERIODIC_CHECK_SECONDS
+                if changed or periodic:
                     last_check = time.monotonic()
                     try:
-                        self.check_once()
+                        if watcher is None or not self._kernel_table:
+                            self.check_once()
+                        else:
+                            # The table the last re-arm read: no second read of mountinfo.
+                            self.check_once(watcher.refresh() if periodic and not changed else watcher.table())
                     except Exception:  # noqa: BLE001
                         log.exception("mount table check failed")
         finally:
             if watcher is not None:
                 watcher.close()
 
-    def check_once(self) -> set[str]:
-        """Mark volumes whose mounts vanished as uncertain; returns their ids."""
+    def check_once(self, table: MountTable | None = None) -> set[str]:
+        """Mark volumes whose mounts vanished as uncertain; returns their ids. ``table`` is a
+        mount table read after the change being handled (default: read it now)."""
         self.checks += 1
         vm = self._vm
-        table = vm.mounter.mount_table()
+        if table is None:
+            table = vm.mounter.mount_table()
         lost: set[str] = set()
         for mv in vm.asw.mounted_volumes():
             if mv.state.value != "mounted" or not _needs_mount_point(mv):
                 continue
             if vm.executor.is_pending(mv.volume_id, mv.pod.uid):
                 continue  # an operation is changing it right now
-            if not table.is_mount_point(mv.mount_path):
+            if not table.is_mount_point(mv.mount_path) and not _still_mounted(vm, mv.mount_path):
                 log.warning("mount %s of %s vanished; re-establishing", mv.mount_path, mv.pod.key,
                             extra={"volume": mv.outer_name, "pod": mv.pod.key})
                 vm.asw.mark_volume_uncertain(mv.volume_id, mv.pod, mv.outer_name, mv.spec, mv.plugin_name,
@@ -87,7 +108,8 @@ class MountWatcher:
             if (av.device_mountable and av.device_state.value == "mounted" and av.device_mount_path
                     and not vm.executor.is_pending(av.volume_id)
                     and av.plugin_name != "kubernetes.io/csi"  # a driver may stage without a mount
-                    and not table.is_mount_point(av.device_mount_path)):
+                    and not table.is_mount_point(av.device_mount_path)
+                    and not _still_mounted(vm, av.device_mount_path)):
                 log.warning("staging mount %s vanished", av.device_mount_path, extra={"volume": av.volume_id})
                 vm.asw.mark_device_uncertain(av.volume_id, av.spec, av.plugin_name, av.device_path,
                                              av.device_mount_path)
