@@ -336,9 +336,12 @@ class Reconciler:
             # Re-read the desired entry: the action is only a description.
             for vtm in self._dsw.volumes_to_mount([vid]):
                 if vtm.pod.key == action.pod and vtm.outer_name == action.outer_name:
-                    return self._generator.mount_volume(
-                        vtm, self._asw.device_state(vid), self._asw.pod_state(vid, vtm.pod.uid)
-                    )
+                    pod_state = self._asw.pod_state(vid, vtm.pod.uid)
+                    if pod_state is VolumeMountState.MOUNTED:
+                        # An operation that was in flight when the pass decided has finished
+                        # since: starting another would only repeat its work.
+                        return None
+                    return self._generator.mount_volume(vtm, self._asw.device_state(vid), pod_state)
             return None
         if action.kind == UNMOUNT_VOLUME:
             mv = self._asw.get_mount(vid, action.pod_uid or "")
