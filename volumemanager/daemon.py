@@ -101,9 +101,8 @@ class Daemon:
         if self._stats is not None:
             self._stats.start()
         ready_in = time.monotonic() - started
-        counts = self.vm.status()["volumes"]
-        mounted = sum(1 for r in counts if r["state"] == "mounted")
-        self.notifier.ready(f"ready: {mounted}/{len(counts)} volumes mounted")
+        mounted, desired = self.vm.mount_counts()
+        self.notifier.ready(f"ready: {mounted}/{desired} volumes mounted")
         log.info("ready in %.3fs: %d pods desired, socket %s", ready_in, len(self.vm.dsw), self.cfg.socket,
                  extra={"duration_ms": round(ready_in * 1000, 1)})
         while not self._stop.wait(MAIN_LOOP_SECONDS):

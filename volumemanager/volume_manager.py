@@ -17,6 +17,7 @@ from operation_executor.executor import OperationExecutor, OperationOutcome
 from operation_executor.generator import OperationGenerator
 from operation_executor.journal import IntentJournal
 from operation_executor.plugin import PluginRegistry
+from operation_executor.states import VolumeMountState
 from volumemanager import status as st
 from volumemanager.cache.actual_state import ActualStateOfWorld
 from volumemanager.cache.desired_state import DesiredStateOfWorld
@@ -51,6 +52,17 @@ def build_plugins(host: DaemonPluginHost, driver_registry=None) -> PluginRegistr
     return reg
 
 
+def _csi_client_factory(timeout: float):
+    """A CSI client maker that imports gRPC on the first call, not at start-up."""
+
+    def make(endpoint: str):
+        from volumemanager.csi.client import CSINodeClient
+
+        return CSINodeClient(endpoint, timeout=timeout)
+
+    return make
+
+
 class VolumeManager:
     def __init__(
         self,
@@ -67,11 +79,7 @@ class VolumeManager:
         self.config = config
         self.mounter = mounter or LinuxMounter()
         self.host = DaemonPluginHost(config.root_dir, config.node_name, self.mounter)
-        from functools import partial
-
-        from volumemanager.csi.client import CSINodeClient
-
-        self.drivers = DriverRegistry(client_factory=partial(CSINodeClient, timeout=float(config.csi_timeout)))
+        self.drivers = DriverRegistry(client_factory=_csi_client_factory(float(config.csi_timeout)))
         self.plugins = build_plugins(self.host, self.drivers)
         self.dsw = DesiredStateOfWorld()
         self.asw = ActualStateOfWorld()
@@ -207,6 +215,15 @@ class VolumeManager:
 
     def rows(self) -> list[st.VolumeRow]:
         return st.daemon_rows(self.dsw, self.asw, self.executor)
+
+    def mount_counts(self) -> tuple[int, int]:
+        """(desired volumes mounted, desired volumes), per pod: cheap enough for READY/STATUS."""
+        desired = self.dsw.pod_volume_count()
+        mounted = sum(
+            1 for vtm in self.dsw.volumes_to_mount()
+            if self.asw.pod_state(vtm.volume_id, vtm.pod.uid) is VolumeMountState.MOUNTED
+        )
+        return mounted, desired
 
     def known_mount_paths(self) -> set[str]:
         paths: set[str] = set()

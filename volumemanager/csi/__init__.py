@@ -8,7 +8,24 @@
 The volume plugin that uses them is ``volumemanager.plugins.csi.CSIPlugin``.
 """
 
-from volumemanager.csi.client import CSINodeClient, sanitize_request
-from volumemanager.csi.registry import DriverInfo, DriverRegistry
+from typing import Any
 
 __all__ = ["CSINodeClient", "DriverInfo", "DriverRegistry", "sanitize_request"]
+
+# gRPC and the generated stubs cost ~80 ms to import: a node without CSI volumes never needs
+# them, so nothing here imports them until a name is asked for.
+_LAZY = {
+    "CSINodeClient": "volumemanager.csi.client",
+    "sanitize_request": "volumemanager.csi.client",
+    "DriverInfo": "volumemanager.csi.registry",
+    "DriverRegistry": "volumemanager.csi.registry",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(module), name)

@@ -27,6 +27,7 @@ from google.protobuf.message import Message
 
 from operation_executor.errors import FinalError, OperationError, UncertainError
 from volumemanager._proto.csi.v1 import csi_pb2, csi_pb2_grpc
+from volumemanager.csi.endpoint import socket_path_of  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
@@ -68,22 +69,6 @@ _K8S_TO_CSI_ACCESS_SNMW = {
     "ReadWriteMany": "MULTI_NODE_MULTI_WRITER",
     "ReadWriteOncePod": "SINGLE_NODE_SINGLE_WRITER",
 }
-
-
-def socket_path_of(endpoint: str) -> str:
-    """``unix:///run/x.sock`` (or ``unix:/run/x.sock``, or a bare absolute path) -> ``/run/x.sock``.
-
-    Raises ``ValueError`` naming the endpoint for anything else: CSI allows unix sockets only.
-    """
-    if endpoint.startswith("unix://"):
-        path = endpoint[len("unix://") :]
-    elif endpoint.startswith("unix:"):
-        path = endpoint[len("unix:") :]
-    else:
-        path = endpoint
-    if not path.startswith("/"):
-        raise ValueError(f"CSI endpoint {endpoint!r} is not a unix socket with an absolute path")
-    return path
 
 
 def access_mode(k8s_modes: Iterable[str], single_node_multi_writer: bool = False) -> int:

@@ -21,14 +21,20 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-import grpc
+from typing import TYPE_CHECKING
+
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
 from operation_executor.errors import OperationError
-from volumemanager._proto.pluginregistration.v1 import api_pb2, api_pb2_grpc
-from volumemanager.csi.client import CSINodeClient, socket_path_of
+from volumemanager.csi.endpoint import socket_path_of
 from volumemanager.csi.registry import DriverInfo, DriverRegistry
+
+if TYPE_CHECKING:
+    from volumemanager._proto.pluginregistration.v1 import api_pb2, api_pb2_grpc
+
+# gRPC (~80 ms of imports) is loaded by the first registration or static driver, not at
+# start-up: watching an empty plugins_registry directory needs only inotify.
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +102,8 @@ def probe_driver(
     """Ask the driver at ``endpoint`` who it is on this node and add it to ``registry``.
 
     Raises ``OperationError`` when the driver does not answer (the caller retries)."""
+    from volumemanager.csi.client import CSINodeClient
+
     client = CSINodeClient(endpoint, timeout=timeout, info_timeout=timeout)
     try:
         node_info = client.node_get_info()
@@ -235,6 +243,10 @@ class PluginRegistrationWatcher:
     # --- the protocol ---------------------------------------------------------------------
 
     def _register(self, worker: _SocketWorker) -> None:
+        import grpc
+
+        from volumemanager._proto.pluginregistration.v1 import api_pb2, api_pb2_grpc
+
         start = time.monotonic()
         attempt = 0
         last_error = ""
@@ -292,6 +304,10 @@ class PluginRegistrationWatcher:
 
     @staticmethod
     def _notify(stub: api_pb2_grpc.RegistrationStub, path: str, ok: bool, error: str) -> None:
+        import grpc
+
+        from volumemanager._proto.pluginregistration.v1 import api_pb2
+
         try:
             stub.NotifyRegistrationStatus(
                 api_pb2.RegistrationStatus(plugin_registered=ok, error=error),

@@ -10,9 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import TYPE_CHECKING, Callable, Literal
 
-from volumemanager.csi.client import CSINodeClient
+if TYPE_CHECKING:  # the client imports gRPC: only when a driver is dialled
+    from volumemanager.csi.client import CSINodeClient
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,7 @@ class DriverRegistry:
     Subscribers are called with the driver name after every add and remove, outside the lock.
     """
 
-    def __init__(self, client_factory: Callable[[str], CSINodeClient] = CSINodeClient) -> None:
+    def __init__(self, client_factory: Callable[[str], CSINodeClient] | None = None) -> None:
         self._lock = threading.Lock()
         self._drivers: dict[str, DriverInfo] = {}
         self._clients: dict[str, CSINodeClient] = {}
@@ -93,6 +94,10 @@ class DriverRegistry:
                 raise KeyError(f"CSI driver {name!r} is not registered")
             client = self._clients.get(info.endpoint)
             if client is None:
+                if self._client_factory is None:
+                    from volumemanager.csi.client import CSINodeClient
+
+                    self._client_factory = CSINodeClient
                 client = self._client_factory(info.endpoint)
                 self._clients[info.endpoint] = client
             return client

@@ -23,13 +23,15 @@ import hashlib
 import json
 import logging
 import os
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 from operation_executor.errors import FinalError, UncertainError, WaitingError
 from operation_executor.plugin import PluginHost, VolumePlugin
 from operation_executor.types import BLOCK, PodRef, SecretRef, VolumeSpec
-from volumemanager.csi.client import CSINodeClient, access_mode, volume_capability
 from volumemanager.csi.registry import DriverInfo, DriverRegistry
+
+if TYPE_CHECKING:  # the client imports gRPC: loaded when a CSI volume is first handled
+    from volumemanager.csi.client import CSINodeClient
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +180,8 @@ class CSIPlugin(VolumePlugin):
         return out
 
     def _capability(self, spec: VolumeSpec, info: DriverInfo) -> Any:
+        from volumemanager.csi.client import access_mode, volume_capability
+
         src = self._source(spec)
         return volume_capability(
             block=spec.volume_mode == BLOCK,
