@@ -55,18 +55,19 @@ class FileIntentJournal:
         self.boot_id = boot_id or current_boot_id()
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.previous_boot_id, self._previous_open = self._load()
-        # Lock order: _sync_lock, then _write_lock, then _lock. _lock guards the records;
-        # _write_lock keeps writes in sequence order; _sync_lock lets one fsync cover many
-        # begins while other threads go on writing.
+        # Lock order: _sync_lock, then _lock. _lock guards the records and is never held
+        # across a write (a thousand operations at once would queue behind it, each handing
+        # the GIL over); appends go out as single O_APPEND writes, which the kernel keeps
+        # whole. _sync_lock lets one fsync cover every durable begin written before it.
         self._lock = threading.Lock()
-        self._write_lock = threading.Lock()
         self._sync_lock = threading.Lock()
-        self._pending: list[str] = []
+        self._pending: list[str] = []  # end records, written with the next begin
         self._seq = 0
-        self._written = 0  # records up to this sequence number are in the kernel
-        self._synced = 0  # ... and up to this one on disk
+        self._durable_written = 0  # durable begins whose write has returned
+        self._synced = 0  # ... of which this many are known to be on disk
         self._open: dict[int, dict] = {}
         self._records = 0
+        self._fd: int | None = None
         # Start a fresh file that carries the previous run's open intents forward until the
         # reconstruction has dealt with them (they are dropped by ``forget_previous``).
         self._rewrite(list(self._previous_open.values()))
@@ -117,9 +118,14 @@ class FileIntentJournal:
             rec = {"type": "begin", "id": f"{self.boot_id[:8]}-{os.getpid()}-{token}", "t": time.time(),
                    "step": step, "volume_id": volume_id, "pod_uid": pod_uid, "details": dict(details)}
             self._open[token] = rec
-            self._pending.append(json.dumps(rec, default=str) + "\n")
-            seq = self._seq
-        self._flush(seq, durable)
+            lines, self._pending = self._pending, []
+        lines.append(json.dumps(rec, default=str) + "\n")
+        self._append("".join(lines))
+        if durable:
+            with self._lock:
+                self._durable_written += 1
+                mine = self._durable_written
+            self._sync(mine)
         return token
 
     def end(self, token: object, outcome: str) -> None:
@@ -127,44 +133,38 @@ class FileIntentJournal:
             rec = self._open.pop(token, None)  # type: ignore[arg-type]
             if rec is None:
                 return
-            self._seq += 1
             self._pending.append(json.dumps({"type": "end", "id": rec["id"], "outcome": outcome}) + "\n")
             self._records += 2
             compact = self._records >= COMPACT_AFTER_RECORDS
         if compact:
             self.compact()
 
-    def _write_pending(self) -> None:
-        with self._write_lock:
-            with self._lock:
-                lines, self._pending = self._pending, []
-                last = self._seq
-            if lines:
-                os.write(self._fd, "".join(lines).encode())
-            self._written = max(self._written, last)
+    def _append(self, text: str) -> None:
+        data = text.encode()
+        while data:
+            data = data[os.write(self._fd, data):]
 
-    def _flush(self, upto: int, durable: bool = True) -> None:
-        """Make every record up to ``upto`` written (and, when ``durable``, fsync'd)."""
-        if self._written < upto:
-            self._write_pending()
-        if not durable:
-            return
+    def _sync(self, upto: int) -> None:
+        """Make the first ``upto`` durable begins durable (group commit)."""
         with self._sync_lock:
             if self._synced >= upto:
                 return  # another thread's fsync already covered this record
-            covered = self._written
+            with self._lock:
+                covered = self._durable_written  # every one of these writes has returned
             os.fsync(self._fd)
             self._synced = covered
 
     def compact(self) -> None:
-        with self._sync_lock, self._write_lock:
-            with self._lock:
-                keep = list(self._previous_open.values()) + list(self._open.values())
-                self._pending = []
-                self._written = self._synced = self._seq
-                self._records = 0
-            os.close(self._fd)
+        """Rewrite the file with only the open intents. The new file takes over the same fd
+        number (dup2), so an append racing with the compaction lands in the old or the new
+        file, never in some other file that reused a closed fd; a begin that lands in the
+        old one is in the new one too (it was an open intent when the file was rewritten)."""
+        with self._sync_lock, self._lock:
+            keep = list(self._previous_open.values()) + list(self._open.values())
+            self._pending = []
+            self._records = 0
             self._rewrite(keep)
+            self._synced = self._durable_written
 
     def _rewrite(self, records: list[dict]) -> None:
         tmp = self.path + ".tmp"
@@ -176,8 +176,17 @@ class FileIntentJournal:
             os.fsync(f.fileno())
         os.replace(tmp, self.path)
         _fsync_dir(self.state_dir)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+        if getattr(self, "_fd", None) is None:
+            self._fd = fd
+        else:
+            os.dup2(fd, self._fd, inheritable=False)
+            os.close(fd)
 
     def close(self) -> None:
-        self._flush(self._seq)
+        with self._lock:
+            lines, self._pending = self._pending, []
+        if lines:
+            self._append("".join(lines))
+        os.fsync(self._fd)
         os.close(self._fd)
