@@ -420,11 +420,9 @@ class MountInfoWatcher:
     def __init__(self, path: str = DEFAULT_MOUNTINFO) -> None:
         self._path = path
         self._fd: int | None = None  # set first so close()/__del__ work if open() fails
-        self._last = b""
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._poll = select.poll()
         self._poll.register(self._fd, _WATCH_EVENTS)
-        self._drain()
 
     def fileno(self) -> int:
         """The fd, for callers that want to include it in their own poll/epoll loop."""
@@ -432,37 +430,26 @@ class MountInfoWatcher:
             raise ValueError("MountInfoWatcher is closed")
         return self._fd
 
-    def _drain(self) -> None:
-        """Read the file to its end: this re-arms the change notification. The text read is
-        kept, so a caller that wants the table after a change needs no second read."""
-        fd = self.fileno()
-        os.lseek(fd, 0, os.SEEK_SET)
-        chunks = []
-        while chunk := os.read(fd, 1 << 16):
-            chunks.append(chunk)
-        self._last = b"".join(chunks)
-
-    def table(self) -> MountTable:
-        """The mount table as read when the watcher last re-armed (at creation, or in the
-        `wait` that returned True): at least as new as the change that was reported."""
-        return MountTable.parse(os.fsdecode(self._last))
-
-    def refresh(self) -> MountTable:
-        """Read the table now (and re-arm): for the periodic safety-net check."""
-        self._drain()
-        return self.table()
-
     def wait(self, timeout: float) -> bool:
-        """Block up to `timeout` seconds; True when the mount table changed (then re-armed)."""
+        """Block up to `timeout` seconds; True when the mount table changed since the last
+        True. poll(2) itself re-arms the notification (the kernel compares the namespace's
+        event counter with the one it saw last), so no read of the table is needed: a
+        burst of a thousand mounts costs a thousand cheap polls, not a thousand reads."""
         fd = self.fileno()
         try:
             events = self._poll.poll(max(0.0, timeout) * 1000.0)
         except InterruptedError:  # pragma: no cover - PEP 475 retries; kept for clarity
             return False
-        changed = any(fd_ == fd and ev & _WATCH_EVENTS for fd_, ev in events)
-        if changed:
-            self._drain()
-        return changed
+        return any(fd_ == fd and ev & _WATCH_EVENTS for fd_, ev in events)
+
+    def table(self) -> MountTable:
+        """Read the mount table now, through the watcher's own fd (one read)."""
+        fd = self.fileno()
+        os.lseek(fd, 0, os.SEEK_SET)
+        chunks = []
+        while chunk := os.read(fd, 1 << 16):
+            chunks.append(chunk)
+        return MountTable.parse(os.fsdecode(b"".join(chunks)))
 
     def close(self) -> None:
         if self._fd is not None:

@@ -18,8 +18,10 @@ from mount_utils.mountinfo import MountInfoWatcher, MountTable
 
 log = logging.getLogger(__name__)
 
-# A burst of mount changes (a thousand volumes coming up) is read once after it calms down.
+# A burst of mount changes (a thousand volumes coming up) is read once after it calms down...
 DEBOUNCE_SECONDS = 0.1
+# ... or after this long, so that a node where something mounts all the time still gets checked.
+MAX_SETTLE_SECONDS = 1.0
 # Safety net in case a change notification is missed: compare anyway this often.
 PERIODIC_CHECK_SECONDS = 60.0
 
@@ -65,10 +67,10 @@ class MountWatcher:
             while not self._stop.is_set():
                 changed = watcher.wait(1.0) if watcher is not None else self._stop.wait(1.0)
                 if changed:
-                    # Let a burst settle: while changes keep coming, look again only once per
-                    # DEBOUNCE_SECONDS (each look reads the whole table to re-arm the
-                    # notification, so looking at every change would cost a read per mount).
-                    while not self._stop.wait(DEBOUNCE_SECONDS) and watcher.wait(0):
+                    # Let a burst settle (a thousand volumes coming up), then read once.
+                    settle_until = time.monotonic() + MAX_SETTLE_SECONDS
+                    while (not self._stop.wait(DEBOUNCE_SECONDS) and watcher.wait(0)
+                           and time.monotonic() < settle_until):
                         pass
                 periodic = time.monotonic() - last_check >= PERIODIC_CHECK_SECONDS
                 if changed or periodic:
@@ -77,8 +79,7 @@ class MountWatcher:
                         if watcher is None or not self._kernel_table:
                             self.check_once()
                         else:
-                            # The table the last re-arm read: no second read of mountinfo.
-                            self.check_once(watcher.refresh() if periodic and not changed else watcher.table())
+                            self.check_once(watcher.table())
                     except Exception:  # noqa: BLE001
                         log.exception("mount table check failed")
         finally:
@@ -96,9 +97,11 @@ class MountWatcher:
         for mv in vm.asw.mounted_volumes():
             if mv.state.value != "mounted" or not _needs_mount_point(mv):
                 continue
+            if table.is_mount_point(mv.mount_path):
+                continue
             if vm.executor.is_pending(mv.volume_id, mv.pod.uid):
                 continue  # an operation is changing it right now
-            if not table.is_mount_point(mv.mount_path) and not _still_mounted(vm, mv.mount_path):
+            if not _still_mounted(vm, mv.mount_path):
                 log.warning("mount %s of %s vanished; re-establishing", mv.mount_path, mv.pod.key,
                             extra={"volume": mv.outer_name, "pod": mv.pod.key})
                 vm.asw.mark_volume_uncertain(mv.volume_id, mv.pod, mv.outer_name, mv.spec, mv.plugin_name,
@@ -106,9 +109,9 @@ class MountWatcher:
                 lost.add(mv.volume_id)
         for av in vm.asw.attached_volumes():
             if (av.device_mountable and av.device_state.value == "mounted" and av.device_mount_path
-                    and not vm.executor.is_pending(av.volume_id)
                     and av.plugin_name != "kubernetes.io/csi"  # a driver may stage without a mount
                     and not table.is_mount_point(av.device_mount_path)
+                    and not vm.executor.is_pending(av.volume_id)
                     and not _still_mounted(vm, av.device_mount_path)):
                 log.warning("staging mount %s vanished", av.device_mount_path, extra={"volume": av.volume_id})
                 vm.asw.mark_device_uncertain(av.volume_id, av.spec, av.plugin_name, av.device_path,

@@ -17,7 +17,6 @@ from operation_executor.executor import OperationExecutor, OperationOutcome
 from operation_executor.generator import OperationGenerator
 from operation_executor.journal import IntentJournal
 from operation_executor.plugin import PluginRegistry
-from operation_executor.states import VolumeMountState
 from volumemanager import status as st
 from volumemanager.cache.actual_state import ActualStateOfWorld
 from volumemanager.cache.desired_state import DesiredStateOfWorld
@@ -218,12 +217,8 @@ class VolumeManager:
 
     def mount_counts(self) -> tuple[int, int]:
         """(desired volumes mounted, desired volumes), per pod: cheap enough for READY/STATUS."""
-        desired = self.dsw.pod_volume_count()
-        mounted = sum(
-            1 for vtm in self.dsw.volumes_to_mount()
-            if self.asw.pod_state(vtm.volume_id, vtm.pod.uid) is VolumeMountState.MOUNTED
-        )
-        return mounted, desired
+        pairs = [(vtm.volume_id, vtm.pod.uid) for vtm in self.dsw.volumes_to_mount()]
+        return self.asw.count_mounted(pairs), len(pairs)
 
     def known_mount_paths(self) -> set[str]:
         paths: set[str] = set()

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterable
 
 from operation_executor.errors import OperationError
 from operation_executor.states import DeviceMountState, VolumeMountState
@@ -198,6 +198,18 @@ class ActualStateOfWorld:
         with self._lock:
             vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
             return [self._mounted(v, p) for v in vols for p in v.pods.values() if p.state.may_be_mounted]
+
+    def count_mounted(self, pairs: Iterable[tuple[str, str]]) -> int:
+        """How many of the (volume id, pod uid) pairs are certainly mounted: one lock
+        acquisition for all of them (a summary must not contend with the operations)."""
+        with self._lock:
+            n = 0
+            for volume_id, pod_uid in pairs:
+                v = self._volumes.get(volume_id)
+                p = v.pods.get(pod_uid) if v is not None else None
+                if p is not None and p.state is VolumeMountState.MOUNTED:
+                    n += 1
+            return n
 
     def pod_state(self, volume_id: str, pod_uid: str) -> VolumeMountState:
         with self._lock:

@@ -131,11 +131,6 @@ class DesiredStateOfWorld:
                     out.extend(pods.values())
             return out
 
-    def pod_volume_count(self) -> int:
-        """How many (volume, pod) pairs are desired: O(volumes), no copies."""
-        with self._lock:
-            return sum(len(pods) for pods in self._by_volume.values())
-
     def __len__(self) -> int:
         with self._lock:
             return len(self._pods)
