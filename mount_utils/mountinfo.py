@@ -417,12 +417,16 @@ class MountInfoWatcher:
     collapse into one. Always keep a periodic full re-read as a safety net.
     """
 
-    def __init__(self, path: str = DEFAULT_MOUNTINFO) -> None:
+    def __init__(self, path: str = DEFAULT_MOUNTINFO, wake_fd: int | None = None) -> None:
+        """`wake_fd` (e.g. a pipe's read end) ends a `wait` early when it becomes readable,
+        so an owner can stop a thread blocked in `wait` at once; the owner drains it."""
         self._path = path
         self._fd: int | None = None  # set first so close()/__del__ work if open() fails
         self._fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
         self._poll = select.poll()
         self._poll.register(self._fd, _WATCH_EVENTS)
+        if wake_fd is not None:
+            self._poll.register(wake_fd, select.POLLIN)
 
     def fileno(self) -> int:
         """The fd, for callers that want to include it in their own poll/epoll loop."""

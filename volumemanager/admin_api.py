@@ -14,6 +14,7 @@ import socket
 import socketserver
 import struct
 import threading
+import time
 from typing import Any, Callable
 
 log = logging.getLogger(__name__)
@@ -23,6 +24,9 @@ MAX_REQUEST_BYTES = 64 * 1024
 # `wait` may hold a connection this long at most, whatever the client asks.
 MAX_WAIT_SECONDS = 24 * 3600
 CONNECT_TIMEOUT_SECONDS = 2.0
+# Stopping: how often, and how many times, to wake serve_forever with an empty connection.
+STOP_POKE_INTERVAL = 0.01
+STOP_POKES = 100
 
 
 class AdminError(Exception):
@@ -97,12 +101,31 @@ class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         self._thread.start()
 
     def stop(self) -> None:
+        # serve_forever looks at the shutdown flag only between select() calls (every half
+        # second): poke it with empty connections so that stopping takes milliseconds.
+        poker = threading.Thread(target=self._poke_until_stopped, name="vm-admin-stop", daemon=True)
+        poker.start()
         self.shutdown()
+        poker.join(timeout=1)
         self.server_close()
         try:
             os.unlink(self.path)
         except FileNotFoundError:
             pass
+
+
+    def _poke_until_stopped(self) -> None:
+        thread = self._thread
+        for _ in range(STOP_POKES):
+            if thread is None or not thread.is_alive():
+                return
+            try:
+                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                    s.settimeout(0.1)
+                    s.connect(self.path)
+            except OSError:
+                pass
+            time.sleep(STOP_POKE_INTERVAL)
 
 
 def _socket_answers(path: str) -> bool:

@@ -10,6 +10,7 @@ knows are checked: anything else is an orphan for ``status`` to show, not ours t
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 
@@ -44,6 +45,9 @@ class MountWatcher:
     def __init__(self, vm) -> None:
         self._vm = vm
         self._stop = threading.Event()
+        # Written by stop(): wakes the thread out of its poll at once (a daemon restart must
+        # not wait out a poll timeout).
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="vm-mountinfo", daemon=True)
         self.checks = 0
         # The watcher's own read is the table only when the mounter is the kernel's.
@@ -54,11 +58,17 @@ class MountWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
         self._thread.join(timeout=5)
+        for fd in (self._wake_r, self._wake_w):
+            os.close(fd)
 
     def _run(self) -> None:
         try:
-            watcher = MountInfoWatcher()
+            watcher = MountInfoWatcher(wake_fd=self._wake_r)
         except OSError as e:
             log.warning("cannot watch mountinfo (%s); relying on periodic checks", e)
             watcher = None
