@@ -14,7 +14,7 @@ import os
 import stat
 
 from mount_utils.mounter import Mounter, NotMountedError
-from mount_utils.paths import PathSafetyError, relative_components
+from mount_utils.paths import PathSafetyError, open_dir_below, relative_components
 
 # Stacked mounts (the same path mounted twice after an uncertain retry) need one unmount each;
 # more than a few means something keeps remounting it, and we stop rather than spin.
@@ -81,8 +81,9 @@ def cleanup_mount_point(path: str, mounter: Mounter) -> None:
             mounter.unmount(path)
         except NotMountedError:
             break
-    if mounter.is_mount_point(path):
-        raise StillMountedError(path, f"still a mount point after {MAX_UNMOUNTS} unmounts")
+    else:
+        if mounter.is_mount_point(path):
+            raise StillMountedError(path, f"still a mount point after {MAX_UNMOUNTS} unmounts")
     _remove_unmounted(path)
 
 
@@ -123,42 +124,25 @@ def remove_empty_dirs(path: str, stop_at: str) -> None:
     """rmdir `path` and then its parents while they are empty, stopping at (never removing)
     `stop_at`. Missing or non-empty directories end the walk quietly.
 
-    The walk opens each directory from `stop_at` down with O_NOFOLLOW, so a symlinked
-    component can never redirect the removal elsewhere (`PathSafetyError`). `path` must be
-    `stop_at` or below it, and must not contain ``..``.
+    Each rmdir is relative to an fd of its parent opened from `stop_at` without following a
+    symlink (`open_dir_below`), so a symlinked component can never redirect the removal
+    elsewhere (`PathSafetyError`). The walk starts at the deepest level and opens only the
+    parents it needs: usually the first rmdir finds the directory not empty and stops.
+    `path` must be `stop_at` or below it, and must not contain ``..``.
     """
     components = relative_components(stop_at, path)
-    if not components:
-        return
-    fds = [os.open(stop_at, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)]
-    try:
-        walked = stop_at.rstrip("/")
-        for name in components[:-1]:
-            walked = f"{walked}/{name}"
-            try:
-                fds.append(os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                                   dir_fd=fds[-1]))
-            except FileNotFoundError:
-                # Deeper parts cannot exist either; continue from what does exist.
-                components = components[: len(fds)]
-                break
-            except OSError as e:
-                if e.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise PathSafetyError(walked, "a component is a symlink or not a directory", e.errno) from None
-                raise
-        # fds[i] is the directory containing components[i].
-        for i in range(min(len(components), len(fds)) - 1, -1, -1):
-            try:
-                os.rmdir(components[i], dir_fd=fds[i])
-            except FileNotFoundError:
-                continue
-            except OSError as e:
-                if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
-                    return
-                if e.errno == errno.ENOTDIR:
-                    raise PathSafetyError(os.path.join(stop_at, *components[: i + 1]),
-                                          "not a directory", e.errno) from None
-                raise
-    finally:
-        for fd in fds:
-            os.close(fd)
+    for i in range(len(components) - 1, -1, -1):
+        try:
+            with open_dir_below(stop_at, components[:i]) as parent:
+                os.rmdir(components[i], dir_fd=parent)
+        except FileNotFoundError:
+            continue  # already gone (or its parent is): try the level above
+        except PathSafetyError:
+            raise
+        except OSError as e:
+            if e.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                return
+            if e.errno == errno.ENOTDIR:
+                raise PathSafetyError(os.path.join(stop_at, *components[: i + 1]), "not a directory",
+                                      e.errno) from None
+            raise
