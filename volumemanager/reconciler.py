@@ -130,11 +130,12 @@ class Reconciler:
         staged, desired volume on it. Runs under the volume's whole key, so it never races
         a stage or unstage; a busy or backed-off volume is skipped (the next event retries)."""
         started = []
-        for av in self._asw.attached_volumes():
-            if not (av.device_mountable and av.device_state is DeviceMountState.MOUNTED and av.device_path):
+        for volume_id, device_path in self._asw.staged_devices():
+            if not self._dsw.volume_exists(volume_id) or not _same_device(device_path, devnode, major, minor):
                 continue
-            if not self._dsw.volume_exists(av.volume_id) or not _same_device(av.device_path, devnode, major, minor):
-                continue
+            av = self._asw.get_volume(volume_id)
+            if av is None or av.device_state is not DeviceMountState.MOUNTED:
+                continue  # unstaged meanwhile
             op = self._generator.expand_volume(av)
             try:
                 self._executor.run(OperationKey(av.volume_id), op.name, op.fn, plugin=av.plugin_name)

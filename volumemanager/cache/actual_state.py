@@ -199,6 +199,16 @@ class ActualStateOfWorld:
             vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
             return [self._mounted(v, p) for v in vols for p in v.pods.values() if p.state.may_be_mounted]
 
+    def staged_devices(self) -> list[tuple[str, str]]:
+        """(volume id, device path) of every certainly staged device: a device event checks
+        these few strings instead of copying every volume's entry."""
+        with self._lock:
+            return [
+                (vid, v.device_path)
+                for vid, v in self._volumes.items()
+                if v.device_mountable and v.device_state is DeviceMountState.MOUNTED and v.device_path
+            ]
+
     def count_mounted(self, pairs: Iterable[tuple[str, str]]) -> int:
         """How many of the (volume id, pod uid) pairs are certainly mounted: one lock
         acquisition for all of them (a summary must not contend with the operations)."""
