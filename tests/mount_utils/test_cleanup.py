@@ -24,6 +24,9 @@ def mounter() -> LinuxMounter:
     return LinuxMounter()
 
 
+# Both ways of resolving a path below the root must refuse the same things.
+pytestmark = pytest.mark.usefixtures("path_resolution")
+
 def test_missing_path_is_success(tmp_path, mounter):
     cleanup_mount_point(str(tmp_path / "nope"), mounter)
 

@@ -10,6 +10,9 @@ import pytest
 from mount_utils.paths import PathSafetyError, check_no_symlinks, safe_create_file, safe_makedirs
 
 
+# Both ways of resolving a path below the root must refuse the same things.
+pytestmark = pytest.mark.usefixtures("path_resolution")
+
 def test_makedirs_creates_and_is_idempotent(tmp_path):
     root = str(tmp_path)
     safe_makedirs(root, os.path.join(root, "pods/u1/volumes/x~y/v"), 0o750)
