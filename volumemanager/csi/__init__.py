@@ -8,7 +8,15 @@
 The volume plugin that uses them is ``volumemanager.plugins.csi.CSIPlugin``.
 """
 
+import os
 from typing import Any
+
+# gRPC's fork support re-initialises its pollers in a forked child; our children (blkid,
+# fsck, mkfs, mount helpers) fork with a preexec_fn and exec at once, and with fork support
+# on they died of SIGABRT ("epoll_wait error: Bad file descriptor") as soon as a driver had
+# been dialled. Every submodule that imports grpc is imported through this package, so this
+# runs first. An operator's explicit setting wins.
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
 
 __all__ = ["CSINodeClient", "DriverInfo", "DriverRegistry", "sanitize_request"]
 
