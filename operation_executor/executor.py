@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 # Mount syscalls are fast, CSI calls wait on a driver: enough workers that a few slow
 # drivers do not starve the rest, few enough that a 2-core node is not thrashed.
 DEFAULT_MAX_WORKERS = 16
+# Quick operations (a few local syscalls: emptyDir, hostPath) have workers of their own, so
+# that a driver answering one call at a time cannot park every worker and hold up a tmpfs.
+# A handful is enough: they hold the GIL most of the time they run.
+DEFAULT_QUICK_WORKERS = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,8 +58,10 @@ class OperationExecutor:
         max_workers: int = DEFAULT_MAX_WORKERS,
         on_complete: CompletionCallback | None = None,
         clock: Callable[[], float] = time.monotonic,
+        quick_workers: int = DEFAULT_QUICK_WORKERS,
     ) -> None:
         self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vm-op")
+        self._quick_pool = ThreadPoolExecutor(max_workers=quick_workers, thread_name_prefix="vm-quick")
         self._on_complete: list[CompletionCallback] = [on_complete] if on_complete else []
         self._clock = clock
         self._lock = threading.Lock()
@@ -102,11 +108,14 @@ class OperationExecutor:
 
     # --- running --------------------------------------------------------------------------
 
-    def run(self, key: OperationKey, operation: str, fn: Callable[[], None], plugin: str = "") -> None:
+    def run(
+        self, key: OperationKey, operation: str, fn: Callable[[], None], plugin: str = "", quick: bool = False
+    ) -> None:
         """Start ``fn`` for ``key`` unless a conflicting operation runs or the key backs off.
 
         A different operation than the one that failed last on this key is not held back by
-        that failure's backoff (an unmount may follow a failed mount at once).
+        that failure's backoff (an unmount may follow a failed mount at once). ``quick``
+        operations (local syscalls only) run on their own workers.
         """
         with self._lock:
             if self._closed:
@@ -123,7 +132,7 @@ class OperationExecutor:
                     )
             self._pending.setdefault(key.volume_id, {})[key.pod_uid] = operation
         try:
-            self._pool.submit(self._execute, key, operation, fn, plugin)
+            (self._quick_pool if quick else self._pool).submit(self._execute, key, operation, fn, plugin)
         except RuntimeError:
             with self._lock:
                 self._remove_pending(key)
@@ -132,6 +141,7 @@ class OperationExecutor:
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             self._closed = True
+        self._quick_pool.shutdown(wait=wait, cancel_futures=False)
         self._pool.shutdown(wait=wait, cancel_futures=False)
 
     # --- internals ------------------------------------------------------------------------

@@ -32,6 +32,7 @@ EXPAND_VOLUME = "expand_volume"
 class GeneratedOperation:
     name: str
     fn: Callable[[], None]
+    quick: bool = False  # the plugin's operations are local syscalls only (see VolumePlugin)
 
 
 def as_operation_error(err: BaseException, step: str) -> OperationError:
@@ -61,6 +62,12 @@ class OperationGenerator:
         self._plugins = plugins
         self._asw = updater
         self._journal = journal or NullJournal()
+
+    def _quick(self, plugin_name: str) -> bool:
+        try:
+            return bool(self._plugins.find(plugin_name).quick_operations)
+        except KeyError:
+            return False  # the operation itself reports the missing plugin
 
     def _step(
         self,
@@ -144,7 +151,7 @@ class OperationGenerator:
             )
             self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", None)
 
-        return GeneratedOperation(MOUNT_VOLUME, run)
+        return GeneratedOperation(MOUNT_VOLUME, run, self._quick(vtm.plugin_name))
 
     # --- unmount --------------------------------------------------------------------------
 
@@ -178,7 +185,7 @@ class OperationGenerator:
             self._asw.mark_volume_unmounted(mv.volume_id, mv.pod.uid)
             self._asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", None)
 
-        return GeneratedOperation(UNMOUNT_VOLUME, run)
+        return GeneratedOperation(UNMOUNT_VOLUME, run, self._quick(mv.plugin_name))
 
     def unmount_device(self, av: AttachedVolume) -> GeneratedOperation:
         """Unstage a volume no pod uses. On any failure the device stays possibly mounted,
@@ -207,7 +214,7 @@ class OperationGenerator:
             self._asw.mark_device_unmounted(av.volume_id)
             self._asw.record_result(av.volume_id, None, "UnmountDevice", None)
 
-        return GeneratedOperation(UNMOUNT_DEVICE, run)
+        return GeneratedOperation(UNMOUNT_DEVICE, run, self._quick(av.plugin_name))
 
     def expand_volume(self, av: AttachedVolume) -> GeneratedOperation:
         """Grow a staged volume's filesystem to its device's size (online expansion)."""
@@ -232,4 +239,4 @@ class OperationGenerator:
                 self._asw.mark_volume_size(av.volume_id, int(size))
             self._asw.record_result(av.volume_id, None, "Expand", None)
 
-        return GeneratedOperation(EXPAND_VOLUME, run)
+        return GeneratedOperation(EXPAND_VOLUME, run, self._quick(av.plugin_name))

@@ -54,6 +54,10 @@ class VolumePlugin(ABC):
     # plain write is as safe as an fsync. Plugins whose steps leave state that survives a
     # reboot (a mkfs, a CSI driver's own bookkeeping) keep the default.
     durable_intents: bool = True
+    # Whether every operation is a few local syscalls (mkdir, a tmpfs or bind mount) that
+    # never waits on a device, a network or a driver. Such operations run on workers of
+    # their own, so a slow CSI driver or NFS server cannot hold them up.
+    quick_operations: bool = False
 
     def __init__(self, host: PluginHost) -> None:
         self.host = host

@@ -138,7 +138,7 @@ class Reconciler:
                 continue  # unstaged meanwhile
             op = self._generator.expand_volume(av)
             try:
-                self._executor.run(OperationKey(av.volume_id), op.name, op.fn, plugin=av.plugin_name)
+                self._executor.run(OperationKey(av.volume_id), op.name, op.fn, plugin=av.plugin_name, quick=op.quick)
             except (AlreadyPendingError, BackoffError):
                 continue
             started.append(av.volume_id)
@@ -323,7 +323,7 @@ class Reconciler:
         if op is None:
             return False
         try:
-            self._executor.run(key, op.name, op.fn, plugin=action.plugin_name)
+            self._executor.run(key, op.name, op.fn, plugin=action.plugin_name, quick=op.quick)
         except AlreadyPendingError:
             return False
         except BackoffError as e:

@@ -98,3 +98,18 @@ def test_backoff_doubles_to_cap_with_jitter():
     assert seen[0] == INITIAL_BACKOFF_SECONDS and seen[1] == 2 * INITIAL_BACKOFF_SECONDS
     assert seen[-1] == MAX_BACKOFF_SECONDS
     assert next_backoff(b, "unmount", 0.0).base == INITIAL_BACKOFF_SECONDS
+
+
+def test_quick_operations_are_not_held_up_by_slow_ones():
+    """A driver answering one call at a time must not park the workers an emptyDir needs."""
+    ex = OperationExecutor(max_workers=2, quick_workers=1)
+    release, block = blocker()
+    for i in range(4):  # more slow operations than workers: two of them queue
+        ex.run(OperationKey(f"csi-{i}"), "mount", block)
+    quick_done = threading.Event()
+    ex.run(OperationKey("tmpfs", "pod"), "mount", quick_done.set, quick=True)
+    assert quick_done.wait(2), "the quick operation waited behind the slow ones"
+    assert ex.is_pending("csi-3")
+    release.set()
+    assert ex.wait_idle(5)
+    ex.shutdown()

@@ -24,6 +24,7 @@ EMPTY_DIR_MODE = 0o777
 class EmptyDirPlugin(VolumePlugin):
     name = EMPTY_DIR_PLUGIN
     durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
+    quick_operations = True  # mkdir and a tmpfs or bind mount: see VolumePlugin.quick_operations
 
     def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
         return self.host.pod_volume_dir(pod.uid, self.name, outer_name)
