@@ -15,6 +15,7 @@ devices that no pod uses. Nothing is unmounted until the desired state has been 
 from __future__ import annotations
 
 import heapq
+import os
 import logging
 import threading
 import time
@@ -129,9 +130,15 @@ class Reconciler:
         """A block device changed (it may have grown): start an online expansion of every
         staged, desired volume on it. Runs under the volume's whole key, so it never races
         a stage or unstage; a busy or backed-off volume is skipped (the next event retries)."""
-        started = []
-        for volume_id, device_path in self._asw.staged_devices():
-            if not self._dsw.volume_exists(volume_id) or not _same_device(device_path, devnode, major, minor):
+        started: list[str] = []
+        staged = self._asw.staged_devices()
+        if not staged:
+            return started
+        target = _device_number(devnode, major, minor)
+        if target is None:
+            return started
+        for volume_id, device_path in staged:
+            if _device_number(device_path, None, None) != target or not self._dsw.volume_exists(volume_id):
                 continue
             av = self._asw.get_volume(volume_id)
             if av is None or av.device_state is not DeviceMountState.MOUNTED:
@@ -353,15 +360,15 @@ class Reconciler:
         raise ValueError(f"unknown action {action.kind}")
 
 
-def _same_device(device_path: str, devnode: str | None, major: int | None, minor: int | None) -> bool:
-    import os
-
-    if devnode and os.path.realpath(device_path) == os.path.realpath(devnode):
-        return True
-    if major is None or minor is None:
-        return False
+def _device_number(path: str | None, major: int | None, minor: int | None) -> tuple[int, int] | None:
+    """(major, minor) as given, or of the device node at ``path`` (one stat, following
+    symlinks such as /dev/disk/by-id/...); None when neither is known."""
+    if major is not None and minor is not None:
+        return major, minor
+    if not path:
+        return None
     try:
-        rdev = os.stat(device_path).st_rdev
+        rdev = os.stat(path).st_rdev
     except OSError:
-        return False
-    return (os.major(rdev), os.minor(rdev)) == (major, minor)
+        return None
+    return os.major(rdev), os.minor(rdev)
