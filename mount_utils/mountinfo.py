@@ -446,14 +446,29 @@ class MountInfoWatcher:
             return False
         return any(fd_ == fd and ev & _WATCH_EVENTS for fd_, ev in events)
 
-    def table(self) -> MountTable:
-        """Read the mount table now, through the watcher's own fd (one read)."""
+    def table(self, under: str | None = None) -> MountTable:
+        """Read the mount table now, through the watcher's own fd (one read).
+
+        With `under`, only mounts whose mount point is `under` or below it are parsed: on a
+        node where containers come and go, most of a long table is someone else's, and a
+        cheap byte test per line skips it."""
         fd = self.fileno()
         os.lseek(fd, 0, os.SEEK_SET)
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
-        return MountTable.parse(os.fsdecode(b"".join(chunks)))
+        data = b"".join(chunks)
+        if under is None:
+            return MountTable.parse(os.fsdecode(data))
+        point = os.fsencode(escape_field(_norm(under)))
+        exact, below = b" " + point + b" ", b" " + point.rstrip(b"/") + b"/"
+        mounts = []
+        for number, line in enumerate(data.split(b"\n"), start=1):
+            if line and (exact in line or below in line):
+                m = _parse_line(os.fsdecode(line), number)
+                if m.mount_point == _norm(under) or m.mount_point.startswith(_norm(under).rstrip("/") + "/"):
+                    mounts.append(m)
+        return MountTable(mounts)
 
     def close(self) -> None:
         if self._fd is not None:

@@ -23,6 +23,9 @@ log = logging.getLogger(__name__)
 DEBOUNCE_SECONDS = 0.1
 # ... or after this long, so that a node where something mounts all the time still gets checked.
 MAX_SETTLE_SECONDS = 1.0
+# At most one check this often: on a node where containers start and stop all the time the
+# table changes constantly, and a vanished mount re-established a second later is soon enough.
+MIN_CHECK_INTERVAL_SECONDS = 1.0
 # Safety net in case a change notification is missed: compare anyway this often.
 PERIODIC_CHECK_SECONDS = 60.0
 
@@ -82,6 +85,9 @@ class MountWatcher:
                     while (not self._stop.wait(DEBOUNCE_SECONDS) and watcher.wait(0)
                            and time.monotonic() < settle_until):
                         pass
+                    since = time.monotonic() - last_check
+                    if since < MIN_CHECK_INTERVAL_SECONDS and self._stop.wait(MIN_CHECK_INTERVAL_SECONDS - since):
+                        break
                 periodic = time.monotonic() - last_check >= PERIODIC_CHECK_SECONDS
                 if changed or periodic:
                     last_check = time.monotonic()
@@ -89,7 +95,8 @@ class MountWatcher:
                         if watcher is None or not self._kernel_table:
                             self.check_once()
                         else:
-                            self.check_once(watcher.table())
+                            # Only our part of the table: every path checked is below the root.
+                            self.check_once(watcher.table(under=self._vm.config.root_dir))
                     except Exception:  # noqa: BLE001
                         log.exception("mount table check failed")
         finally:

@@ -268,3 +268,24 @@ def test_under_matches_brute_force(points, prefix):
     for p in points:
         assert table.is_mount_point(p)
         assert table.at(p) == [m for m in mounts if m.mount_point == p]
+
+
+def test_watcher_table_under_a_prefix_parses_only_that_part(mount_cleanup):
+    """The daemon's mount check reads only its own root's mounts; a path with a space
+    (escaped as \\040 in mountinfo) and a sibling sharing the prefix as a string are handled."""
+    inside = mount_cleanup / "root dir" / "pods" / "m"
+    sibling = mount_cleanup / "root dir2"
+    inside.mkdir(parents=True)
+    sibling.mkdir()
+    sc.sys_mount("tmpfs", str(inside), "tmpfs", 0, "size=1m")
+    sc.sys_mount("tmpfs", str(sibling), "tmpfs", 0, "size=1m")
+    try:
+        with MountInfoWatcher() as w:
+            part = w.table(under=str(mount_cleanup / "root dir"))
+            whole = w.table()
+        assert [m.mount_point for m in part] == [str(inside)]
+        assert part.is_mount_point(str(inside)) and not part.is_mount_point(str(sibling))
+        assert whole.is_mount_point(str(sibling)) and len(whole) > len(part)
+    finally:
+        sc.sys_umount(str(sibling))
+        sc.sys_umount(str(inside))
