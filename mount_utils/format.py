@@ -123,8 +123,9 @@ def probe(device: str) -> DiskFormat:
     if proc.returncode == BLKID_NOTHING_FOUND:
         return DiskFormat(None, None)
     if proc.returncode != 0:
+        # Killed by a signal (negative status) says nothing about the device: retry it.
         raise FormatError(f"blkid failed on {device} (exit {proc.returncode}): {_detail(proc)}", device, "blkid",
-                          returncode=proc.returncode)
+                          returncode=proc.returncode, uncertain=proc.returncode < 0)
     values = {}
     for line in proc.stdout.splitlines():
         key, sep, value = line.partition("=")
