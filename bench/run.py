@@ -2,7 +2,7 @@
 
 Run as root from the repository root::
 
-    sudo .venv/bin/python bench/run.py [--n 100 --n 1000] [--mix tmpfs --mix hostpath] [--quick]
+    sudo .venv/bin/python bench/run.py [--n 100 --n 1000] [--mix tmpfs --mix full] [--quick]
 
 Each (mix, N) case runs the real daemon (``python -m volumemanager daemon``) as a subprocess
 on a private root dir under one temp dir and measures, from the outside only (mountinfo,
@@ -15,9 +15,15 @@ on a private root dir under one temp dir and measures, from the outside only (mo
 * steady state: daemon CPU seconds over a quiet window, and peak RSS (VmHWM);
 * restart: SIGTERM, start again -> READY=1, and mount syscalls issued by the new process.
 
+The full mix adds local PVs on loop devices and CSI volumes through the reference driver
+(``tests.csi_loop``, started per case and registered through plugins_registry/), and the
+device-arrival latency (a local PV's loop device attached -> the pod's volume mounted, from
+``bench/device_arrival.py``).
+
 Numbers are printed (with the targets of issue 7 next to them) and written as JSON to
-``bench/results/<timestamp>.json``; nothing is asserted. Whatever happens, the daemon is
-stopped by PID, every mount under the temp dir is unmounted and the temp dir removed.
+``bench/results/<timestamp>.json``; nothing is asserted. Whatever happens, the daemon and the
+driver are stopped by PID, every mount under the temp dir is unmounted, every loop device backed
+by a file in it detached, and the temp dir removed only when nothing is left below it.
 """
 
 from __future__ import annotations
@@ -26,10 +32,11 @@ import argparse
 import json
 import os
 import platform
+import random
+import re
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,16 +47,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
-if str(REPO) not in sys.path:
-    sys.path.insert(0, str(REPO))
+for _p in (str(REPO), str(Path(__file__).resolve().parent)):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
 
+from device_arrival import (  # noqa: E402
+    LoopError, PrivateLoop, attach_loop, detach_loops_under, format_image, loops_backed_under, make_sparse,
+    measure_device_arrival,
+)
 from mount_utils import syscalls as sc  # noqa: E402
 from mount_utils.mountinfo import MountInfoWatcher  # noqa: E402
+from tests.csi_loop.harness import CSILoopPlugin  # noqa: E402
 
 MOUNTINFO = "/proc/self/mountinfo"
-# How long to let a burst of mount events pile up before re-reading mountinfo while counting:
-# re-reading a 1,000-line mountinfo per event would steal CPU from the daemon on 2 cores.
-COUNT_COALESCE_SECONDS = 0.005
+# How long to let a burst of mount events pile up before re-reading mountinfo while counting.
+# Reading a 1,000-line mountinfo costs ~2 ms of kernel time and holds the namespace lock that
+# every mount(2) of the daemon needs, so counting every 5 ms slowed the thing being measured;
+# 20 ms keeps it to a few reads per second of bring-up, at a timing error of at most 20 ms.
+COUNT_COALESCE_SECONDS = 0.02
 # Upper bounds for one phase; a case that exceeds them is reported as timed out, not hung.
 BRINGUP_TIMEOUT_SECONDS = 600.0
 READY_TIMEOUT_SECONDS = 120.0
@@ -58,6 +73,8 @@ READY_TIMEOUT_SECONDS = 120.0
 REACTION_TIMEOUT_SECONDS = 2.0
 STOP_TIMEOUT_SECONDS = 60.0
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+# sun_path holds 108 bytes with the terminating NUL: the CSI driver's sockets must fit.
+UNIX_PATH_MAX = 107
 
 # Targets from issue 7 (compared, never asserted).
 TARGETS = {
@@ -72,6 +89,19 @@ TARGETS = {
 }
 
 MIXES = ("tmpfs", "hostpath", "full")
+DEFAULT_MIXES = ["tmpfs", "full"]
+
+# Full mix: this fraction of N are local PVs on loop devices, and the same fraction CSI volumes
+# through tests.csi_loop; the rest alternate tmpfs emptyDir / hostPath. mkfs.ext4 of a 32 MiB
+# sparse loop device takes ~10 ms here, so the cost is not the format but the CSI reference
+# driver, which serialises every call behind one lock and forks 4-5 commands per NodeStage
+# (see bench/README.md). 10 % of 1,000 keeps the default run well under 10 minutes.
+DEVICE_FRACTION = 0.1
+CSI_DRIVER = "csi-loop.bench"
+# Pod dir name of each volume kind (kubelet's plugin name with '/' as '~').
+PLUGIN_DIRS = {"tmpfs": "kubernetes.io~empty-dir", "hostpath": "kubernetes.io~host-path",
+               "local": "kubernetes.io~local-volume", "csi": "kubernetes.io~csi"}
+DEVICE_KINDS = ("local", "csi")
 
 
 class BenchError(RuntimeError):
@@ -97,25 +127,30 @@ def mounts_under(prefix: str) -> list[tuple[int, str]]:
     return out
 
 
-def count_under(needle: bytes) -> int:
-    """Mounts whose mount point starts with `needle` (b' /root/pods/'): a cheap byte count."""
-    return read_mountinfo_bytes().count(needle)
+def wait_counts(targets: dict[str, tuple[bytes | re.Pattern[bytes], int]], timeout: float,
+                daemon: "Daemon | None" = None, what: str = "mounts") -> dict[str, float]:
+    """Like `wait_count` for several needles at once (a byte string or a regex over mountinfo):
+    time.monotonic() at which each first had its wanted count; returns when all have."""
+    def count(data: bytes, needle: bytes | re.Pattern[bytes]) -> int:
+        return data.count(needle) if isinstance(needle, bytes) else len(needle.findall(data))
 
-
-def wait_count(needle: bytes, want: int, timeout: float, alive: Callable[[], bool] | None = None,
-               what: str = "mounts") -> float:
-    """Block until exactly `want` mounts match `needle`; return time.monotonic() when seen."""
+    seen: dict[str, float] = {}
     deadline = time.monotonic() + timeout
     with MountInfoWatcher() as w:
         while True:
-            now = time.monotonic()
-            if count_under(needle) == want:
-                return now
+            data = read_mountinfo_bytes()
+            now = time.monotonic()  # after the read: see _wait_mark
+            for name, (needle, want) in targets.items():
+                if name not in seen and count(data, needle) == want:
+                    seen[name] = now
+            if len(seen) == len(targets):
+                return seen
             if now > deadline:
-                raise BenchError(f"timed out after {timeout:g}s waiting for {want} {what} "
-                                 f"(have {count_under(needle)})")
-            if alive is not None and not alive():
-                raise BenchError(f"daemon exited while waiting for {want} {what}")
+                have = {k: count(data, nd) for k, (nd, _w) in targets.items()}
+                want = {k: wt for k, (_n, wt) in targets.items()}
+                raise BenchError(f"timed out after {timeout:g}s waiting for {what}: want {want}, have {have}")
+            if daemon is not None and not daemon.alive():
+                raise BenchError(f"daemon exited while waiting for {what} (log: {daemon.log_tail()})")
             if w.wait(0.5):
                 time.sleep(COUNT_COALESCE_SECONDS)
 
@@ -200,8 +235,11 @@ def peak_rss_mb(pid: int) -> tuple[float, float]:
 class Volume:
     pod_index: int
     name: str
-    kind: str  # "tmpfs" | "hostpath"
+    kind: str  # "tmpfs" | "hostpath" | "local" | "csi"
     mount_path: str
+    pv: str = ""  # local/csi: the PV (and PVC) name
+    backing: str = ""  # local/csi: the sparse image file
+    device: str = ""  # local: the loop device the PV names (set once attached)
 
 
 @dataclass
@@ -216,6 +254,8 @@ class Layout:
     notify: Path = field(init=False)
     hostpaths: Path = field(init=False)
     floor: Path = field(init=False)
+    images: Path = field(init=False)
+    csi: Path = field(init=False)
 
     def __post_init__(self) -> None:
         self.root = self.base / "root"
@@ -225,41 +265,100 @@ class Layout:
         self.notify = self.base / "notify.sock"
         self.hostpaths = self.base / "hostpaths"
         self.floor = self.base / "floor"
-        for d in (self.manifests, self.registry, self.hostpaths, self.floor):
+        self.images = self.base / "images"  # local PVs' sparse files
+        self.csi = self.base / "csi"  # the CSI driver's dir (state/volumes/<handle>.img, sockets)
+        for d in (self.manifests, self.registry, self.hostpaths, self.floor, self.images):
             d.mkdir(parents=True, exist_ok=True)
 
     @property
     def pods_needle(self) -> bytes:
         return b" " + os.fsencode(str(self.root / "pods")) + b"/"
 
+    @property
+    def root_needle(self) -> bytes:
+        return b" " + os.fsencode(str(self.root)) + b"/"
+
+    @property
+    def csi_volumes(self) -> Path:
+        return self.csi / "state" / "volumes"
+
+    def kind_pattern(self, kind: str) -> re.Pattern[bytes]:
+        """Pod mounts of one volume kind under this root (regex over mountinfo bytes)."""
+        return re.compile(re.escape(self.pods_needle) + rb"[^/ ]+/volumes/" + re.escape(PLUGIN_DIRS[kind].encode()) + b"/")
+
 
 def pod_uid(index: int) -> str:
     return f"00000000-0000-4000-8000-{index:012d}"
 
 
-def plan_volumes(layout: Layout, n: int, per_pod: int, mix: str) -> dict[int, list[Volume]]:
-    """N volumes in pods of `per_pod`; the hostpath mix alternates tmpfs emptyDir / hostPath."""
+def device_counts(n: int, mix: str, fraction: float = DEVICE_FRACTION) -> tuple[int, int]:
+    """(local PVs, CSI volumes) of a case: `fraction` of N each, at least one each in the full mix."""
+    if mix != "full":
+        return 0, 0
+    each = max(1, round(n * fraction))
+    return each, each
+
+
+def plan_volumes(layout: Layout, n: int, per_pod: int, mix: str,
+                 fraction: float = DEVICE_FRACTION) -> dict[int, list[Volume]]:
+    """N volumes in pods of `per_pod`; the hostpath mix alternates tmpfs emptyDir / hostPath.
+
+    The full mix has `fraction` of N local PVs and as many CSI volumes (each its own PV and
+    PVC, used by exactly one pod), spread over the pods by a fixed shuffle; the rest alternate
+    tmpfs / hostPath.
+    """
+    n_local, n_csi = device_counts(n, mix, fraction)
+    rest = n - n_local - n_csi
+    kinds = ["local"] * n_local + ["csi"] * n_csi
+    kinds += ["hostpath" if mix != "tmpfs" and i % 2 else "tmpfs" for i in range(rest)]
+    if mix == "full":
+        random.Random(7).shuffle(kinds)  # fixed seed: the same layout every run
     pods: dict[int, list[Volume]] = {}
-    for i in range(n):
+    counters = {"local": 0, "csi": 0}
+    for i, kind in enumerate(kinds):
         p, j = divmod(i, per_pod)
-        kind = "hostpath" if mix == "hostpath" and i % 2 else "tmpfs"
-        plugin = "kubernetes.io~host-path" if kind == "hostpath" else "kubernetes.io~empty-dir"
         name = f"v{j}"
-        mp = str(layout.root / "pods" / pod_uid(p) / "volumes" / plugin / name)
-        pods.setdefault(p, []).append(Volume(p, name, kind, mp))
+        pv = backing = ""
+        if kind in DEVICE_KINDS:
+            k = counters[kind]
+            counters[kind] += 1
+            pv = f"pv-{kind}-{k:04d}"
+            backing = str(layout.images / f"{pv}.img") if kind == "local" else str(layout.csi_volumes / f"{pv}.img")
+        pod_dir = layout.root / "pods" / pod_uid(p) / "volumes" / PLUGIN_DIRS[kind]
+        # kubelet names a PV-backed volume's dir after the PV; CSI mounts at .../<pv>/mount.
+        mp = pod_dir / (pv or name)
+        if kind == "csi":
+            mp = mp / "mount"
+        pods.setdefault(p, []).append(Volume(p, name, kind, str(mp), pv, backing))
     return pods
 
 
 def pod_manifest(layout: Layout, index: int, volumes: list[Volume], prefix: str = "p") -> str:
+    """The pod, then the PV and PVC of each of its local/CSI volumes (one file per pod)."""
     lines = ["apiVersion: v1", "kind: Pod", "metadata:", f"  name: {prefix}{index:05d}", "  namespace: bench",
              f"  uid: {pod_uid(index)}", "spec:", "  volumes:"]
     for v in volumes:
         lines.append(f"    - name: {v.name}")
         if v.kind == "tmpfs":
             lines += ["      emptyDir:", "        medium: Memory", "        sizeLimit: 1Mi"]
-        else:
+        elif v.kind == "hostpath":
             lines += ["      hostPath:", f"        path: {layout.hostpaths / f'{index}-{v.name}'}",
                       "        type: Directory"]
+        else:
+            lines += ["      persistentVolumeClaim:", f"        claimName: {v.pv}"]
+    for v in volumes:
+        if v.kind == "local":
+            lines += ["---", "apiVersion: v1", "kind: PersistentVolume", f"metadata: {{name: {v.pv}}}", "spec:",
+                      "  accessModes: [ReadWriteOnce]", "  capacity: {storage: 32Mi}",
+                      f"  local: {{path: {v.device}, fsType: ext4}}"]
+        elif v.kind == "csi":
+            lines += ["---", "apiVersion: v1", "kind: PersistentVolume", f"metadata: {{name: {v.pv}}}", "spec:",
+                      "  accessModes: [ReadWriteOnce]", "  capacity: {storage: 32Mi}", "  csi:",
+                      f"    driver: {CSI_DRIVER}", f"    volumeHandle: {v.pv}", "    fsType: ext4",
+                      "    volumeAttributes: {size: 32Mi}"]
+        if v.kind in DEVICE_KINDS:
+            lines += ["---", "apiVersion: v1", "kind: PersistentVolumeClaim",
+                      f"metadata: {{name: {v.pv}, namespace: bench}}", f"spec: {{volumeName: {v.pv}}}"]
     return "\n".join(lines) + "\n"
 
 
@@ -282,28 +381,45 @@ items = [line.split("\t") for line in open(listing).read().splitlines()]
 m = LinuxMounter()
 t0 = time.monotonic()
 if action == "up":
-    for kind, target, source in items:
+    for kind, target, source, global_mp in items:
+        if kind == "device":  # an already formatted device: global mount, then bind into the pod
+            os.makedirs(global_mp)
+            sc.sys_mount(source, global_mp, "ext4", 0, None)
+            source = global_mp
         os.makedirs(target)
         if kind == "tmpfs":
             m.mount_tmpfs(target, 1 << 20)
         else:
             sc.sys_mount(source, target, None, sc.MS_BIND, None)
 else:
-    for kind, target, source in items:
+    for kind, target, source, global_mp in items:
         sc.sys_umount(target, sc.UMOUNT_NOFOLLOW)
         os.rmdir(target)
+        if kind == "device":
+            sc.sys_umount(global_mp, sc.UMOUNT_NOFOLLOW)
+            os.rmdir(global_mp)
 print(json.dumps({"loop_s": time.monotonic() - t0, "import_s": imported}))
 """
 
 
-def run_floor(layout: Layout, pods: dict[int, list[Volume]], action: str) -> dict[str, float]:
-    """The same mkdir+mount (or umount+rmdir) calls, in a fresh Python process: wall and loop time."""
+def run_floor(layout: Layout, pods: dict[int, list[Volume]], action: str,
+              devices: dict[str, str] | None = None) -> dict[str, float]:
+    """The same mkdir+mount (or umount+rmdir) calls, in a fresh Python process: wall and loop time.
+
+    Local and CSI volumes (`devices`: backing file -> loop device, already formatted) cost a
+    mount(2) of the ext4 device at a global path plus a bind into the pod dir; no mkfs, no
+    blkid/fsck, no CSI RPC (those are the daemon's and the driver's overhead over the kernel).
+    """
     listing = layout.base / "floor-list.tsv"
     rows = []
     for p, vols in pods.items():
         for v in vols:
             target = str(layout.floor / "pods" / pod_uid(p) / "volumes" / v.kind / v.name)
-            rows.append(f"{v.kind}\t{target}\t{layout.hostpaths / f'{p}-{v.name}'}")
+            if v.kind in DEVICE_KINDS:
+                assert devices is not None, "device volumes need their loop devices for the floor"
+                rows.append(f"device\t{target}\t{devices[v.backing]}\t{layout.floor / 'global' / v.pv}")
+            else:
+                rows.append(f"{v.kind}\t{target}\t{layout.hostpaths / f'{p}-{v.name}'}\t-")
     listing.write_text("\n".join(rows) + "\n")
     t0 = time.monotonic()
     r = subprocess.run([sys.executable, "-c", FLOOR_CODE, action, str(listing)], cwd=REPO,
@@ -313,6 +429,59 @@ def run_floor(layout: Layout, pods: dict[int, list[Volume]], action: str) -> dic
         raise BenchError(f"floor ({action}) failed: {r.stderr.strip()[-2000:]}")
     inner = json.loads(r.stdout.strip().splitlines()[-1])
     return {"process_s": wall, "loop_s": inner["loop_s"], "import_s": inner["import_s"]}
+
+
+# --- the full mix's devices --------------------------------------------------------------
+
+
+def _run(cmd: list[str], what: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=BRINGUP_TIMEOUT_SECONDS)
+    if r.returncode != 0:
+        raise BenchError(f"{what}: {' '.join(cmd[:3])}: exit {r.returncode}: {r.stderr.strip()[-500:]}")
+
+
+def prepare_devices(pods: dict[int, list[Volume]]) -> tuple[dict[str, str], dict[str, Any]]:
+    """Sparse files for every local/CSI volume, attached (losetup) and formatted (mkfs.ext4):
+    the floor mounts them. Returns (backing -> loop device, timings). Local volumes learn
+    their device (their PV names it); CSI volumes' loops are detached again by `release_devices`
+    so that the driver attaches its own, as it would for a new volume."""
+    vols = [v for vs in pods.values() for v in vs if v.kind in DEVICE_KINDS]
+    devices: dict[str, str] = {}
+    t0 = time.monotonic()
+    for v in vols:
+        Path(v.backing).parent.mkdir(parents=True, exist_ok=True)
+        make_sparse(Path(v.backing))
+        try:
+            devices[v.backing] = attach_loop(Path(v.backing))
+        except LoopError as e:
+            raise BenchError(str(e)) from None
+        if v.kind == "local":
+            v.device = devices[v.backing]
+    t1 = time.monotonic()
+    for v in vols:
+        _run(["mkfs.ext4", "-q", "-F", devices[v.backing]], f"formatting {v.pv}")
+    t2 = time.monotonic()
+    out = {"devices": len(vols), "size_mib": 32, "attach_s": t1 - t0, "mkfs_s": t2 - t1,
+           "mkfs_per_device_ms": 1000 * (t2 - t1) / max(1, len(vols)), "by": "losetup -f; mkfs.ext4 -q, one at a time"}
+    return devices, out
+
+
+def release_devices(pods: dict[int, list[Volume]], devices: dict[str, str]) -> float:
+    """After the floor: wipe the filesystems (the daemon and the driver format blank devices, as
+    on first use) and detach the CSI volumes' loops. Returns the seconds it took."""
+    t0 = time.monotonic()
+    for v in (v for vs in pods.values() for v in vs if v.kind in DEVICE_KINDS):
+        _run(["wipefs", "-a", "-q", devices[v.backing]], f"wiping {v.pv}")
+        if v.kind == "csi":
+            _run(["losetup", "-d", devices[v.backing]], f"detaching {v.pv}")
+    return time.monotonic() - t0
+
+
+def calls_by_method(plugin: CSILoopPlugin) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for c in plugin.calls():
+        counts[c["method"]] = counts.get(c["method"], 0) + 1
+    return counts
 
 
 # --- the daemon --------------------------------------------------------------------------
@@ -510,75 +679,155 @@ def percentile(values: list[float], q: float) -> float:
 
 def measure_case(base: Path, mix: str, n: int, args: argparse.Namespace, say: Callable[[str], None]) -> dict[str, Any]:
     layout = Layout(base)
-    pods = plan_volumes(layout, n, args.volumes_per_pod, mix)
+    pods = plan_volumes(layout, n, args.volumes_per_pod, mix, args.device_fraction)
+    kinds: dict[str, int] = {}
     for p, vols in pods.items():
         for v in vols:
+            kinds[v.kind] = kinds.get(v.kind, 0) + 1
             if v.kind == "hostpath":
                 (layout.hostpaths / f"{p}-{v.name}").mkdir(exist_ok=True)
     needle = layout.pods_needle
     res: dict[str, Any] = {"mix": mix, "n": n, "pods": len(pods), "volumes_per_pod": args.volumes_per_pod,
-                           "manifest_layout": "one file per pod"}
+                           "manifest_layout": "one file per pod", "volumes_by_kind": kinds}
     daemon = Daemon(layout)
+    plugin: CSILoopPlugin | None = None
+    arrival_loop: PrivateLoop | None = None
     try:
+        devices: dict[str, str] = {}
+        if kinds.get("local") or kinds.get("csi"):
+            say(f"[{mix} N={n}] {kinds.get('local', 0)} + {kinds.get('csi', 0)} loop devices: attach + mkfs.ext4")
+            devices, res["format"] = prepare_devices(pods)
         # Floor first, on its own dir, so the daemon's numbers are not skewed by its mounts.
         say(f"[{mix} N={n}] floor bring-up / teardown")
-        res["floor_up"] = run_floor(layout, pods, "up")
-        res["floor_down"] = run_floor(layout, pods, "down")
+        res["floor_up"] = run_floor(layout, pods, "up", devices)
+        res["floor_down"] = run_floor(layout, pods, "down", devices)
+        if devices:
+            res["format"]["wipe_and_detach_s"] = release_devices(pods, devices)
+        if kinds.get("csi"):
+            longest = max(str(layout.registry / f"{CSI_DRIVER}-reg.sock"), str(layout.csi / "csi.sock"), key=len)
+            if len(os.fsencode(longest)) > UNIX_PATH_MAX:
+                raise BenchError(f"{longest} is longer than a unix socket path may be ({UNIX_PATH_MAX} bytes): "
+                                 "use a shorter --tmp-dir")
+            plugin = CSILoopPlugin(layout.csi, driver_name=CSI_DRIVER, registration_dir=layout.registry,
+                                   node_id="bench")
+            plugin.start()  # before the daemon: its registration socket is there at start-up
+            res["csi_driver"] = {"name": CSI_DRIVER, "pid": plugin.pid}
 
         for p, vols in pods.items():
             write_atomically(layout.manifests / f"p{p:05d}.yaml", pod_manifest(layout, p, vols))
         say(f"[{mix} N={n}] cold bring-up")
         daemon.start()
-        t_all = wait_count(needle, n, BRINGUP_TIMEOUT_SECONDS, daemon.alive, "mounts at cold start")
-        bringup = t_all - daemon.started_at
+        targets: dict[str, tuple[bytes | re.Pattern[bytes], int]] = {"all": (needle, n)}
+        if mix == "full":
+            targets.update({k: (layout.kind_pattern(k), c) for k, c in kinds.items()})
+        seen = wait_counts(targets, BRINGUP_TIMEOUT_SECONDS, daemon, "mounts at cold start")
+        bringup = seen["all"] - daemon.started_at
         ready = daemon.wait_ready()
         res["bringup"] = {"all_mounted_s": bringup, "ready_s": ready,
                           "ratio_process": bringup / res["floor_up"]["process_s"],
                           "ratio_loop": bringup / res["floor_up"]["loop_s"]}
+        if mix == "full":
+            res["bringup"]["last_mounted_by_kind_s"] = {k: seen[k] - daemon.started_at for k in kinds}
+            res["bringup"]["ratio_process_plus_mkfs"] = bringup / (res["floor_up"]["process_s"] + res["format"]["mkfs_s"])
 
         # Steady state: nothing changes; the bench only sleeps.
         time.sleep(1.0)  # let start-up stragglers (stats collectors, GC) settle
         say(f"[{mix} N={n}] steady state {args.steady_seconds:g}s")
-        c0, t0 = cpu_seconds(daemon.pid), time.monotonic()
+        c0, d0, t0 = cpu_seconds(daemon.pid), _cpu_or_zero(plugin), time.monotonic()
         time.sleep(args.steady_seconds)
-        c1, t1 = cpu_seconds(daemon.pid), time.monotonic()
+        c1, d1, t1 = cpu_seconds(daemon.pid), _cpu_or_zero(plugin), time.monotonic()
         res["steady"] = {"window_s": t1 - t0, "cpu_s": c1 - c0, "cpu_percent": 100 * (c1 - c0) / (t1 - t0)}
+        if plugin is not None:
+            res["steady"]["csi_driver_cpu_percent"] = 100 * (d1 - d0) / (t1 - t0)
 
         say(f"[{mix} N={n}] reaction latency x{args.trials}")
         res["reaction"] = measure_reaction(layout, daemon, args.trials, args.reaction_timeout)
 
+        if mix == "full":
+            say(f"[{mix} N={n}] device arrival latency x{args.arrival_trials}")
+            backing = layout.base / "arrival.img"
+            format_image(backing)
+            arrival_loop = PrivateLoop()
+            res["arrival"] = measure_device_arrival(
+                layout.root, layout.manifests, layout.socket, daemon.alive, arrival_loop, backing,
+                args.arrival_trials, args.reaction_timeout, lambda k: pod_uid(800000 + k))
+
         own, total = peak_rss_mb(daemon.pid)
         res["rss"] = {"daemon_vmhwm_mb": own, "with_children_vmhwm_mb": total}
+        if plugin is not None and plugin.pid is not None:
+            res["rss"]["csi_driver_vmhwm_mb"] = peak_rss_mb(plugin.pid)[1]
 
         say(f"[{mix} N={n}] restart")
+        calls_before = calls_by_method(plugin) if plugin is not None else {}
         res["restart"] = measure_restart(layout, daemon, n, args)
+        if plugin is not None:
+            after = calls_by_method(plugin)
+            res["restart"]["csi_calls"] = {m: c - calls_before.get(m, 0) for m, c in after.items()
+                                           if c != calls_before.get(m, 0)}
+            res["restart"]["csi_stage_publish_calls"] = sum(
+                res["restart"]["csi_calls"].get(m, 0) for m in ("NodeStageVolume", "NodePublishVolume"))
 
         say(f"[{mix} N={n}] teardown")
         names = sorted(layout.manifests.glob("*.yaml"))
         t0 = time.monotonic()
         for path in names:
             path.unlink()
-        t_none = wait_count(needle, 0, BRINGUP_TIMEOUT_SECONDS, daemon.alive, "mounts left after removal")
-        teardown = t_none - t0
+        targets = {"all": (layout.root_needle, 0), "pods": (needle, 0)}
+        if mix == "full":
+            targets.update({k: (layout.kind_pattern(k), 0) for k in kinds})
+        gone = wait_counts(targets, BRINGUP_TIMEOUT_SECONDS, daemon, "mounts left after removal")
+        teardown = gone["all"] - t0
         res["teardown"] = {"all_unmounted_s": teardown,
                            "ratio_process": teardown / res["floor_down"]["process_s"],
                            "ratio_loop": teardown / res["floor_down"]["loop_s"]}
-    except BenchError as e:
-        res["error"] = str(e)
-        say(f"[{mix} N={n}] ERROR: {e}")
+        if mix == "full":
+            res["teardown"]["pod_mounts_gone_s"] = gone["pods"] - t0
+            res["teardown"]["last_unmounted_by_kind_s"] = {k: gone[k] - t0 for k in kinds}
+        if kinds.get("csi"):
+            deadline = time.monotonic() + 30
+            while loops_backed_under(layout.csi_volumes) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            res["teardown"]["csi_loops_detached_s"] = time.monotonic() - t0
+    except Exception as e:  # noqa: BLE001 - any failure of a phase is recorded; the next case runs
+        res["error"] = str(e) if isinstance(e, BenchError) else f"{type(e).__name__}: {e}"
+        say(f"[{mix} N={n}] ERROR: {res['error']}")
         if args.keep_logs_on_error:
-            kept = args.out / f"daemon-{mix}-{n}-{os.getpid()}.log"
-            args.out.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(layout.base / "daemon.log", kept)
-            res["daemon_log"] = str(kept)
+            res["logs"] = keep_logs(layout, plugin, args.out, mix, n)
     finally:
+        # Processes first (by PID), then mounts, then the loop devices under them.
         daemon.stop()
+        if plugin is not None:
+            plugin.stop()
         if daemon.socket_waits:
             res["waited_for_previous_daemon_socket_s"] = daemon.socket_waits
         failed = unmount_all_under(str(base))
+        failed += detach_loops_under(base)
+        if arrival_loop is not None:
+            failed += arrival_loop.close()
         if failed:
             res["cleanup_failures"] = failed
+        if args.keep_logs and "logs" not in res:
+            res["logs"] = keep_logs(layout, plugin, args.out, mix, n)
     return res
+
+
+def keep_logs(layout: Layout, plugin: CSILoopPlugin | None, out: Path, mix: str, n: int) -> list[str]:
+    """Copy the daemon's (and the CSI driver's) log next to the JSON; their new paths."""
+    out.mkdir(parents=True, exist_ok=True)
+    kept = []
+    sources = [("daemon", layout.base / "daemon.log")]
+    if plugin is not None:
+        sources.append(("csi-driver", plugin.stderr_path))
+    for what, src in sources:
+        if src.exists():
+            dst = out / f"{what}-{mix}-{n}-{os.getpid()}.log"
+            shutil.copyfile(src, dst)
+            kept.append(str(dst))
+    return kept
+
+
+def _cpu_or_zero(plugin: CSILoopPlugin | None) -> float:
+    return cpu_seconds(plugin.pid) if plugin is not None and plugin.pid is not None else 0.0
 
 
 def measure_reaction(layout: Layout, daemon: Daemon, trials: int, timeout: float) -> dict[str, Any]:
@@ -616,15 +865,21 @@ def measure_reaction(layout: Layout, daemon: Daemon, trials: int, timeout: float
             "mount_p50_ms": percentile(ms(up), 50), "mount_p99_ms": percentile(ms(up), 99),
             "mount_max_ms": max(ms(up)),
             "unmount_p50_ms": percentile(ms(down), 50) if down else None,
-            "unmount_p99_ms": percentile(ms(down), 99) if down else None}
+            "unmount_p99_ms": percentile(ms(down), 99) if down else None,
+            "mount_ms": [round(x, 3) for x in ms(up)], "unmount_ms": [round(x, 3) for x in ms(down)]}
 
 
 def _wait_mark(w: MountInfoWatcher, mark: bytes, present: bool, daemon: Daemon, timeout: float) -> float | None:
     """time.monotonic() when `mark` is (or is no longer) in mountinfo; None after `timeout`."""
     deadline = time.monotonic() + timeout
     while True:
+        # The clock is read after mountinfo, never before: if the bench is preempted between
+        # the two (the daemon wakes on the same 2 cores), a clock read first would date a
+        # mount made during the preemption to before it existed (seen: 0.05 ms "latencies").
+        # Reading after errs the other way, by the duration of one mountinfo read.
+        found = mark in read_mountinfo_bytes()
         now = time.monotonic()
-        if (mark in read_mountinfo_bytes()) == present:
+        if found == present:
             return now
         if not daemon.alive():
             raise BenchError(f"reaction: daemon exited (log: {daemon.log_tail()[-600:]})")
@@ -703,15 +958,40 @@ def table(results: list[dict[str, Any]]) -> str:
     for r in results:
         case = f"{r['mix']} N={r['n']}"
         g = lambda *ks: _dig(r, ks)  # noqa: E731
+        full = r["mix"] == "full"
+        kinds = r.get("volumes_by_kind") or {}
+        if full:
+            rows += [(case, "volumes: " + ", ".join(f"{c} {k}" for k, c in kinds.items()), "", "", ""),
+                     ("", f"  format: mkfs.ext4 x{g('format', 'devices')} (serial, by the bench)",
+                      _fmt(g("format", "mkfs_s"), " s"), "", ""),
+                     ("", "  format: per device", _fmt(g("format", "mkfs_per_device_ms"), " ms"), "", "")]
+            case = ""
         rows += [
             (case, "cold bring-up (all mounted)", _fmt(g("bringup", "all_mounted_s"), " s"), "", ""),
+        ]
+        if full:
+            rows += [("", f"  last {k} mounted", _fmt(g("bringup", "last_mounted_by_kind_s", k), " s"), "", "")
+                     for k in kinds]
+        rows += [
             ("", "  floor: process (interp+imports+loop)", _fmt(g("floor_up", "process_s"), " s"), "", ""),
             ("", "  floor: loop only", _fmt(g("floor_up", "loop_s"), " s"), "", ""),
             ("", "  ratio vs floor process", _fmt(g("bringup", "ratio_process"), "x"),
              f"<= {TARGETS['bringup_ratio']:g}x", _ok(g("bringup", "ratio_process"), TARGETS["bringup_ratio"])),
             ("", "  ratio vs floor loop", _fmt(g("bringup", "ratio_loop"), "x"), "", ""),
+        ]
+        if full:
+            rows.append(("", "  ratio vs floor process + mkfs", _fmt(g("bringup", "ratio_process_plus_mkfs"), "x"),
+                         "", ""))
+        rows += [
             ("", "  start -> READY", _fmt(g("bringup", "ready_s"), " s"), "", ""),
             ("", "teardown (all unmounted)", _fmt(g("teardown", "all_unmounted_s"), " s"), "", ""),
+        ]
+        if full:
+            rows += [("", "  pod mounts gone", _fmt(g("teardown", "pod_mounts_gone_s"), " s"), "", "")]
+            rows += [("", f"  last {k} unmounted", _fmt(g("teardown", "last_unmounted_by_kind_s", k), " s"), "", "")
+                     for k in kinds]
+            rows += [("", "  CSI loops detached", _fmt(g("teardown", "csi_loops_detached_s"), " s"), "", "")]
+        rows += [
             ("", "  floor: process", _fmt(g("floor_down", "process_s"), " s"), "", ""),
             ("", "  floor: loop only", _fmt(g("floor_down", "loop_s"), " s"), "", ""),
             ("", "  ratio vs floor process", _fmt(g("teardown", "ratio_process"), "x"),
@@ -726,10 +1006,33 @@ def table(results: list[dict[str, Any]]) -> str:
              _ok(g("reaction", "missed"), 0)),
             ("", "  removed -> unmounted p50 / p99",
              f"{_fmt(g('reaction', 'unmount_p50_ms'))} / {_fmt(g('reaction', 'unmount_p99_ms'), ' ms')}", "", ""),
+        ]
+        if full:
+            rows += [
+                ("", f"device attached -> mounted p50 (x{g('arrival', 'trials')})",
+                 _fmt(g("arrival", "mount_p50_ms"), " ms"), f"<= {TARGETS['reaction_p50_ms']:g} ms",
+                 _ok(g("arrival", "mount_p50_ms"), TARGETS["reaction_p50_ms"])),
+                ("", "  p99", _fmt(g("arrival", "mount_p99_ms"), " ms"), f"<= {TARGETS['reaction_p99_ms']:g} ms",
+                 _ok(g("arrival", "mount_p99_ms"), TARGETS["reaction_p99_ms"])),
+                ("", "  missed (not mounted within timeout)", _fmt(g("arrival", "missed")), "0",
+                 _ok(g("arrival", "missed"), 0)),
+                ("", "  removed -> pod + global unmounted p50 / p99",
+                 f"{_fmt(g('arrival', 'unmount_p50_ms'))} / {_fmt(g('arrival', 'unmount_p99_ms'), ' ms')}", "", ""),
+            ]
+        rows += [
             ("", f"idle CPU over {_fmt(g('steady', 'window_s'), ' s')}", _fmt(g("steady", "cpu_percent"), " %"),
              f"<= {TARGETS['idle_cpu_percent']:g} %", _ok(g("steady", "cpu_percent"), TARGETS["idle_cpu_percent"])),
+        ]
+        if full:
+            rows.append(("", "  CSI driver process (not counted)", _fmt(g("steady", "csi_driver_cpu_percent"), " %"),
+                         "", ""))
+        rows += [
             ("", "peak RSS daemon+children (VmHWM)", _fmt(g("rss", "with_children_vmhwm_mb"), " MB"),
              f"<= {TARGETS['rss_mb']:g} MB", _ok(g("rss", "with_children_vmhwm_mb"), TARGETS["rss_mb"])),
+        ]
+        if full:
+            rows.append(("", "  CSI driver process (not counted)", _fmt(g("rss", "csi_driver_vmhwm_mb"), " MB"), "", ""))
+        rows += [
             ("", "restart: SIGTERM -> exit", _fmt(g("restart", "stop_s"), " s"), "", ""),
             ("", "restart: start -> READY", _fmt(g("restart", "ready_s"), " s"),
              f"<= {TARGETS['restart_ready_s']:g} s", _ok(g("restart", "ready_s"), TARGETS["restart_ready_s"])),
@@ -738,6 +1041,11 @@ def table(results: list[dict[str, Any]]) -> str:
             ("", "restart: umount2 syscalls", _fmt(g("restart", "umount_syscalls")), "", ""),
             ("", "restart: mount IDs unchanged", _fmt(g("restart", "mount_ids_unchanged")), "yes", ""),
         ]
+        if full:
+            rows.append(("", "restart: CSI NodeStage+NodePublish calls", _fmt(g("restart", "csi_stage_publish_calls")),
+                         "0", _ok(g("restart", "csi_stage_publish_calls"), 0)))
+        if r.get("cleanup_failures"):
+            rows.append(("", "CLEAN-UP FAILED (see JSON)", "", "", ""))
         if "error" in r:
             rows.append(("", "ERROR (see below)", "", "", ""))
     widths = [max(len(row[i]) for row in rows) for i in range(5)]
@@ -768,29 +1076,48 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--n", type=int, action="append", help="volumes per case (repeatable; default 100 and 1000)")
     ap.add_argument("--mix", choices=MIXES, action="append",
                     help="tmpfs: emptyDir medium=Memory only; hostpath: half tmpfs emptyDir, half hostPath; "
-                         "full: + local PVs on loop devices + CSI (not implemented yet, see bench/README.md). "
-                         "Repeatable; default tmpfs and hostpath")
+                         "full: local PVs on loop devices + CSI volumes (tests.csi_loop), --device-fraction of N "
+                         "each, the rest half tmpfs half hostPath, plus the device-arrival latency. "
+                         "Repeatable; default tmpfs and full")
     ap.add_argument("--volumes-per-pod", type=int, default=4)
     ap.add_argument("--quick", action="store_true", help="steady-state window of 10 s instead of 60 s")
     ap.add_argument("--steady-seconds", type=float, help="steady-state window (overrides --quick)")
     ap.add_argument("--trials", type=int, default=100, help="reaction-latency trials (default 100)")
+    ap.add_argument("--arrival-trials", type=int, help="device-arrival trials of the full mix (default: --trials)")
+    ap.add_argument("--device-fraction", type=float, default=DEVICE_FRACTION,
+                    help="full mix: fraction of N that are local PVs, and again CSI volumes (default %(default)s)")
     ap.add_argument("--reaction-timeout", type=float, default=REACTION_TIMEOUT_SECONDS,
                     help="a reaction trial not mounted by then counts as missed (default %(default)s s)")
     ap.add_argument("--keep-logs-on-error", action="store_true",
-                    help="copy the daemon log of a failed case next to the JSON")
+                    help="copy the daemon (and CSI driver) log of a failed case next to the JSON")
+    ap.add_argument("--keep-logs", action="store_true", help="copy the logs of every case next to the JSON")
     ap.add_argument("--no-strace", action="store_true", help="count mount syscalls by mount IDs only")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results", help="directory for the JSON result")
     ap.add_argument("--tmp-dir", type=Path, default=None, help="parent of the bench's temp dir (default /tmp)")
     args = ap.parse_args(argv)
     args.n = args.n or [100, 1000]
-    args.mix = args.mix or ["tmpfs", "hostpath"]
+    args.mix = args.mix or list(DEFAULT_MIXES)
+    if args.arrival_trials is None:
+        args.arrival_trials = args.trials
     if args.steady_seconds is None:
         args.steady_seconds = 10.0 if args.quick else 60.0
-    if "full" in args.mix:
-        ap.error("--mix full (local PVs on loop devices + CSI) is not implemented yet; see bench/README.md")
-    if any(n < 1 for n in args.n) or args.volumes_per_pod < 1 or args.trials < 1:
-        ap.error("--n, --volumes-per-pod and --trials must be >= 1")
+    if any(n < 1 for n in args.n) or args.volumes_per_pod < 1 or args.trials < 1 or args.arrival_trials < 1:
+        ap.error("--n, --volumes-per-pod, --trials and --arrival-trials must be >= 1")
+    if not 0 < args.device_fraction <= 0.5:
+        ap.error("--device-fraction must be in (0, 0.5]")
+    if "full" in args.mix and any(sum(device_counts(n, "full", args.device_fraction)) > n for n in args.n):
+        ap.error("--mix full needs N >= 2 (at least one local PV and one CSI volume)")
     return args
+
+
+def remove_if_unmounted(top: Path, failed: list[str], say: Callable[[str], None]) -> bool:
+    """Remove `top` only when nothing is mounted below it and no loop device is backed by a file
+    in it (a recursive delete would otherwise go into a mounted volume)."""
+    if failed or mounts_under(str(top)) or loops_backed_under(top):
+        say(f"clean-up incomplete under {top}: {failed or 'mounts or loop devices left'}; leaving it in place")
+        return False
+    shutil.rmtree(top, ignore_errors=True)
+    return True
 
 
 def _raise_interrupt(signum: int, _frame: Any) -> None:
@@ -808,6 +1135,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.time()
     host = machine()  # before the run: the commit being measured, not whatever is checked out later
     results: list[dict[str, Any]] = []
+    interrupted = False
     try:
         for mix in args.mix:
             for n in args.n:
@@ -815,17 +1143,19 @@ def main(argv: list[str] | None = None) -> int:
                 case_dir.mkdir()
                 results.append(measure_case(case_dir, mix, n, args, say))
     except KeyboardInterrupt:
+        interrupted = True
         say("interrupted; cleaning up")
     finally:
+        # Each case cleans up after itself; this catches a case interrupted inside its own
+        # clean-up. Mounts first, then loop devices (a mounted one would only be auto-cleared).
         failed = unmount_all_under(str(top))
-        if failed:
-            say(f"could not unmount under {top}: {failed}; leaving it in place")
-        else:
-            shutil.rmtree(top, ignore_errors=True)
+        failed += detach_loops_under(top)
+        remove_if_unmounted(top, failed, say)
     report = {"started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(started)), "machine": host,
               "args": {"n": args.n, "mix": args.mix, "volumes_per_pod": args.volumes_per_pod,
-                       "steady_seconds": args.steady_seconds, "trials": args.trials},
-              "targets": TARGETS, "results": results}
+                       "steady_seconds": args.steady_seconds, "trials": args.trials,
+                       "arrival_trials": args.arrival_trials, "device_fraction": args.device_fraction},
+              "targets": TARGETS, "results": results, "interrupted": interrupted}
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime(started))}.json"
     out.write_text(json.dumps(report, indent=2) + "\n")
@@ -834,6 +1164,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{m['nproc']} cpus  {m['mem_total_mb']} MB  kernel {m['kernel']}  python {m['python']}")
     print(table(results))
     print(f"\nJSON: {out}")
+    if interrupted:
+        return 130  # as a shell reports SIGINT; the JSON holds the cases that finished
     return 1 if any("error" in r for r in results) else 0
 
 
