@@ -24,13 +24,15 @@ from operation_executor.errors import AlreadyPendingError, BackoffError, Waiting
 
 log = logging.getLogger(__name__)
 
-# Mount syscalls are fast, CSI calls wait on a driver: enough workers that a few slow
-# drivers do not starve the rest, few enough that a 2-core node is not thrashed.
-DEFAULT_MAX_WORKERS = 16
-# Quick operations (a few local syscalls: emptyDir, hostPath) have workers of their own, so
-# that a driver answering one call at a time cannot park every worker and hold up a tmpfs.
-# A handful is enough: they hold the GIL most of the time they run.
+# Operations run in lanes, each with workers of its own, so that operations that wait (on a
+# CSI driver, an NFS server, mkfs) never hold up those of another lane.
+DEFAULT_LANE = "default"  # hostPath, local, NFS, and plugins that name no lane
+QUICK_LANE = "quick"  # a few local syscalls (emptyDir): they hold the GIL, a handful suffices
+DEFAULT_MAX_WORKERS = 16  # the default lane: enough for a few slow mounts at once on 2 cores
 DEFAULT_QUICK_WORKERS = 4
+# Any other lane (one per CSI driver): a driver answering one call at a time parks at most
+# this many workers, and only its own volumes wait behind it.
+DEFAULT_LANE_WORKERS = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,8 +62,8 @@ class OperationExecutor:
         clock: Callable[[], float] = time.monotonic,
         quick_workers: int = DEFAULT_QUICK_WORKERS,
     ) -> None:
-        self._pool = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="vm-op")
-        self._quick_pool = ThreadPoolExecutor(max_workers=quick_workers, thread_name_prefix="vm-quick")
+        self._lane_sizes = {DEFAULT_LANE: max_workers, QUICK_LANE: quick_workers}
+        self._lanes: dict[str, ThreadPoolExecutor] = {}  # created on first use
         self._on_complete: list[CompletionCallback] = [on_complete] if on_complete else []
         self._clock = clock
         self._lock = threading.Lock()
@@ -109,13 +111,13 @@ class OperationExecutor:
     # --- running --------------------------------------------------------------------------
 
     def run(
-        self, key: OperationKey, operation: str, fn: Callable[[], None], plugin: str = "", quick: bool = False
+        self, key: OperationKey, operation: str, fn: Callable[[], None], plugin: str = "", lane: str = DEFAULT_LANE
     ) -> None:
         """Start ``fn`` for ``key`` unless a conflicting operation runs or the key backs off.
 
         A different operation than the one that failed last on this key is not held back by
-        that failure's backoff (an unmount may follow a failed mount at once). ``quick``
-        operations (local syscalls only) run on their own workers.
+        that failure's backoff (an unmount may follow a failed mount at once). ``lane``
+        names the workers that run it (see DEFAULT_LANE).
         """
         with self._lock:
             if self._closed:
@@ -131,8 +133,12 @@ class OperationExecutor:
                         f"{operation} for volume {key.volume_id} failed; next retry in {remaining:.1f}s", remaining
                     )
             self._pending.setdefault(key.volume_id, {})[key.pod_uid] = operation
+            pool = self._lanes.get(lane)
+            if pool is None:
+                size = self._lane_sizes.get(lane, DEFAULT_LANE_WORKERS)
+                pool = self._lanes[lane] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"vm-{lane}")
         try:
-            (self._quick_pool if quick else self._pool).submit(self._execute, key, operation, fn, plugin)
+            pool.submit(self._execute, key, operation, fn, plugin)
         except RuntimeError:
             with self._lock:
                 self._remove_pending(key)
@@ -141,8 +147,9 @@ class OperationExecutor:
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             self._closed = True
-        self._quick_pool.shutdown(wait=wait, cancel_futures=False)
-        self._pool.shutdown(wait=wait, cancel_futures=False)
+            pools = list(self._lanes.values())
+        for pool in pools:
+            pool.shutdown(wait=wait, cancel_futures=False)
 
     # --- internals ------------------------------------------------------------------------
 

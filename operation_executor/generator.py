@@ -13,11 +13,12 @@ import logging
 from dataclasses import dataclass
 from typing import Callable
 
+from operation_executor.executor import DEFAULT_LANE
 from operation_executor.errors import FinalError, OperationError, TransientError, UncertainError, is_uncertain
 from operation_executor.journal import IntentJournal, NullJournal
 from operation_executor.plugin import PluginRegistry
 from operation_executor.states import DeviceMountState, VolumeMountState
-from operation_executor.types import AttachedVolume, MountedVolume, VolumeToMount
+from operation_executor.types import AttachedVolume, MountedVolume, VolumeSpec, VolumeToMount
 from operation_executor.updater import ActualStateUpdater
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ EXPAND_VOLUME = "expand_volume"
 class GeneratedOperation:
     name: str
     fn: Callable[[], None]
-    quick: bool = False  # the plugin's operations are local syscalls only (see VolumePlugin)
+    lane: str = DEFAULT_LANE  # the executor lane that runs it (VolumePlugin.operation_lane)
 
 
 def as_operation_error(err: BaseException, step: str) -> OperationError:
@@ -63,11 +64,11 @@ class OperationGenerator:
         self._asw = updater
         self._journal = journal or NullJournal()
 
-    def _quick(self, plugin_name: str) -> bool:
+    def _lane(self, plugin_name: str, spec: VolumeSpec) -> str:
         try:
-            return bool(self._plugins.find(plugin_name).quick_operations)
+            return self._plugins.find(plugin_name).operation_lane(spec)
         except KeyError:
-            return False  # the operation itself reports the missing plugin
+            return DEFAULT_LANE  # the operation itself reports the missing plugin
 
     def _step(
         self,
@@ -151,7 +152,7 @@ class OperationGenerator:
             )
             self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", None)
 
-        return GeneratedOperation(MOUNT_VOLUME, run, self._quick(vtm.plugin_name))
+        return GeneratedOperation(MOUNT_VOLUME, run, self._lane(vtm.plugin_name, vtm.spec))
 
     # --- unmount --------------------------------------------------------------------------
 
@@ -185,7 +186,7 @@ class OperationGenerator:
             self._asw.mark_volume_unmounted(mv.volume_id, mv.pod.uid)
             self._asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", None)
 
-        return GeneratedOperation(UNMOUNT_VOLUME, run, self._quick(mv.plugin_name))
+        return GeneratedOperation(UNMOUNT_VOLUME, run, self._lane(mv.plugin_name, mv.spec))
 
     def unmount_device(self, av: AttachedVolume) -> GeneratedOperation:
         """Unstage a volume no pod uses. On any failure the device stays possibly mounted,
@@ -214,7 +215,7 @@ class OperationGenerator:
             self._asw.mark_device_unmounted(av.volume_id)
             self._asw.record_result(av.volume_id, None, "UnmountDevice", None)
 
-        return GeneratedOperation(UNMOUNT_DEVICE, run, self._quick(av.plugin_name))
+        return GeneratedOperation(UNMOUNT_DEVICE, run, self._lane(av.plugin_name, av.spec))
 
     def expand_volume(self, av: AttachedVolume) -> GeneratedOperation:
         """Grow a staged volume's filesystem to its device's size (online expansion)."""
@@ -239,4 +240,4 @@ class OperationGenerator:
                 self._asw.mark_volume_size(av.volume_id, int(size))
             self._asw.record_result(av.volume_id, None, "Expand", None)
 
-        return GeneratedOperation(EXPAND_VOLUME, run, self._quick(av.plugin_name))
+        return GeneratedOperation(EXPAND_VOLUME, run, self._lane(av.plugin_name, av.spec))

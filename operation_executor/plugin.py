@@ -18,6 +18,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Mapping, Protocol
 
+from operation_executor.executor import DEFAULT_LANE
 from operation_executor.types import PodRef, SecretRef, VolumeSpec
 
 
@@ -54,10 +55,6 @@ class VolumePlugin(ABC):
     # plain write is as safe as an fsync. Plugins whose steps leave state that survives a
     # reboot (a mkfs, a CSI driver's own bookkeeping) keep the default.
     durable_intents: bool = True
-    # Whether every operation is a few local syscalls (mkdir, a tmpfs or bind mount) that
-    # never waits on a device, a network or a driver. Such operations run on workers of
-    # their own, so a slow CSI driver or NFS server cannot hold them up.
-    quick_operations: bool = False
 
     def __init__(self, host: PluginHost) -> None:
         self.host = host
@@ -75,6 +72,13 @@ class VolumePlugin(ABC):
         if self.is_device_mountable(spec):
             return f"{self.name}/{spec.name}"
         return f"{self.name}/{pod.uid}-{spec.name}"
+
+    def operation_lane(self, spec: VolumeSpec) -> str:
+        """The executor lane (workers of its own) that runs this volume's operations, so that
+        operations which wait never hold up another lane's: ``QUICK_LANE`` when every
+        operation is a few local syscalls that never wait on a device, network or driver;
+        one lane per CSI driver; ``DEFAULT_LANE`` for the rest."""
+        return DEFAULT_LANE
 
     # --- device layer ---------------------------------------------------------------------
 

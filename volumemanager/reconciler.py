@@ -15,8 +15,8 @@ devices that no pod uses. Nothing is unmounted until the desired state has been 
 from __future__ import annotations
 
 import heapq
-import os
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -145,7 +145,7 @@ class Reconciler:
                 continue  # unstaged meanwhile
             op = self._generator.expand_volume(av)
             try:
-                self._executor.run(OperationKey(av.volume_id), op.name, op.fn, plugin=av.plugin_name, quick=op.quick)
+                self._executor.run(OperationKey(av.volume_id), op.name, op.fn, plugin=av.plugin_name, lane=op.lane)
             except (AlreadyPendingError, BackoffError):
                 continue
             started.append(av.volume_id)
@@ -330,7 +330,7 @@ class Reconciler:
         if op is None:
             return False
         try:
-            self._executor.run(key, op.name, op.fn, plugin=action.plugin_name, quick=op.quick)
+            self._executor.run(key, op.name, op.fn, plugin=action.plugin_name, lane=op.lane)
         except AlreadyPendingError:
             return False
         except BackoffError as e:

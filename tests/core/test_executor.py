@@ -8,7 +8,7 @@ import pytest
 
 from operation_executor.backoff import INITIAL_BACKOFF_SECONDS, MAX_BACKOFF_SECONDS, next_backoff
 from operation_executor.errors import AlreadyPendingError, BackoffError, FinalError, WaitingError
-from operation_executor.executor import OperationExecutor, OperationKey
+from operation_executor.executor import QUICK_LANE, OperationExecutor, OperationKey
 
 pytestmark = pytest.mark.timeout(20)
 
@@ -100,16 +100,21 @@ def test_backoff_doubles_to_cap_with_jitter():
     assert next_backoff(b, "unmount", 0.0).base == INITIAL_BACKOFF_SECONDS
 
 
-def test_quick_operations_are_not_held_up_by_slow_ones():
-    """A driver answering one call at a time must not park the workers an emptyDir needs."""
+def test_lanes_do_not_wait_for_each_other():
+    """A driver answering one call at a time must not park the workers an emptyDir or
+    another driver needs: each lane has its own."""
     ex = OperationExecutor(max_workers=2, quick_workers=1)
     release, block = blocker()
-    for i in range(4):  # more slow operations than workers: two of them queue
-        ex.run(OperationKey(f"csi-{i}"), "mount", block)
-    quick_done = threading.Event()
-    ex.run(OperationKey("tmpfs", "pod"), "mount", quick_done.set, quick=True)
-    assert quick_done.wait(2), "the quick operation waited behind the slow ones"
-    assert ex.is_pending("csi-3")
+    for i in range(4):  # more slow calls than a lane has workers: some queue
+        ex.run(OperationKey(f"slow-{i}"), "mount", block, lane="csi:slow.example.com")
+    for i in range(3):
+        ex.run(OperationKey(f"local-{i}"), "mount", block)  # the default lane, 2 workers
+    done = {name: threading.Event() for name in ("quick", "other-driver")}
+    ex.run(OperationKey("tmpfs", "pod"), "mount", done["quick"].set, lane=QUICK_LANE)
+    ex.run(OperationKey("fast-csi"), "mount", done["other-driver"].set, lane="csi:fast.example.com")
+    for name, ev in done.items():
+        assert ev.wait(2), f"the {name} operation waited behind another lane"
+    assert ex.is_pending("slow-3") and ex.is_pending("local-2")
     release.set()
     assert ex.wait_idle(5)
     ex.shutdown()

@@ -210,6 +210,12 @@ class CSIPlugin(VolumePlugin):
         # kubelet's CanDeviceMount: false only for ephemeral inline volumes.
         return bool(self._source(spec).volume_handle)
 
+    def operation_lane(self, spec: VolumeSpec) -> str:
+        """One lane per driver: a driver answering one call at a time holds up only its own
+        volumes, never an emptyDir, a hostPath or another driver's."""
+        driver = getattr(spec.source, "driver", "") or "?"
+        return f"csi:{driver}"
+
     def volume_id(self, spec: VolumeSpec, pod: PodRef) -> str:
         src = self._source(spec)
         if src.volume_handle:

@@ -12,6 +12,7 @@ from mount_utils.cleanup import cleanup_mount_point, remove_empty_dirs
 from mount_utils.mounter import MountError
 from mount_utils.paths import safe_makedirs
 from operation_executor.errors import FinalError, UncertainError
+from operation_executor.executor import QUICK_LANE
 from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
 from volumemanager.plugins.fsutil import TreeRemovalRefused, remove_tree_one_filesystem
@@ -24,7 +25,9 @@ EMPTY_DIR_MODE = 0o777
 class EmptyDirPlugin(VolumePlugin):
     name = EMPTY_DIR_PLUGIN
     durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
-    quick_operations = True  # mkdir and a tmpfs or bind mount: see VolumePlugin.quick_operations
+
+    def operation_lane(self, spec: VolumeSpec) -> str:
+        return QUICK_LANE  # mkdir and a tmpfs mount (a tree removal on teardown): local only
 
     def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
         return self.host.pod_volume_dir(pod.uid, self.name, outer_name)

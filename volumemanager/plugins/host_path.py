@@ -37,8 +37,8 @@ def _is_under(path: str, root: str) -> bool:
 class HostPathPlugin(VolumePlugin):
     name = HOST_PATH_PLUGIN
     durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
-    # Not quick_operations: the host path may sit on a dead NFS mount, where its stat or bind
-    # blocks; that must cost one general worker, not the emptyDir workers.
+    # The default lane, not the quick one: the host path may sit on a dead NFS mount, where
+    # its stat or bind blocks; that must cost one general worker, not the emptyDir workers.
 
     def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
         return self.host.pod_volume_dir(pod.uid, self.name, outer_name)
