@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable
+from typing import Callable, Mapping
 
 from operation_executor.plugin import PluginRegistry
 from operation_executor.types import PodRef, VolumeSpec, VolumeToMount
@@ -123,6 +123,11 @@ def resolve_pod(pod: m.Pod, snap: m.Snapshot, plugins: PluginRegistry) -> Desire
     return DesiredPod(ref, tuple(resolved), tuple(unresolved), source=str(pod.origin))
 
 
+def _same_objects(old: Mapping, new: Mapping) -> bool:
+    """Whether two snapshot maps hold the very same objects under the same keys."""
+    return len(old) == len(new) and all(old.get(k) is v for k, v in new.items())
+
+
 class DesiredStatePopulator:
     """Keeps the DSW equal to the source's latest snapshot; reports which volumes changed."""
 
@@ -141,6 +146,11 @@ class DesiredStatePopulator:
         self._generation: int | None = None
         self._snapshot: m.Snapshot = m.Snapshot.empty()
         self._populated = False
+        # uid -> the Pod object the DSW entry was resolved from. The store hands out the same
+        # objects for files that did not change, so a pod whose object (and every claim and
+        # volume) is the one resolved last time needs no work: a change costs in proportion
+        # to what changed, not to the number of pods.
+        self._resolved_from: dict[str, m.Pod] = {}
 
     def start(self) -> None:
         self.source.start(self.sync)
@@ -167,10 +177,17 @@ class DesiredStatePopulator:
                     self._populated = True
                 return set()
             changed: set[str] = set()
-            for pod in snap.pods.values():
+            # Resolution reads the pod, the claims and the volumes (never another pod).
+            reuse = (not force and _same_objects(self._snapshot.pvcs, snap.pvcs)
+                     and _same_objects(self._snapshot.pvs, snap.pvs))
+            for uid, pod in snap.pods.items():
+                if reuse and self._resolved_from.get(uid) is pod:
+                    continue
                 changed |= self._dsw.set_pod(resolve_pod(pod, snap, self._plugins))
+                self._resolved_from[uid] = pod
             for uid in self._dsw.pod_uids() - set(snap.pods):
                 changed |= self._dsw.remove_pod(uid)
+                self._resolved_from.pop(uid, None)
             self._snapshot = snap
             self._generation = snap.generation
             if self.source.synced:
