@@ -35,6 +35,9 @@ DEFAULT_QUICK_WORKERS = 4
 DEFAULT_LANE_WORKERS = 8
 
 
+_MISSING = object()
+
+
 @dataclass(frozen=True, slots=True)
 class OperationKey:
     volume_id: str
@@ -69,6 +72,7 @@ class OperationExecutor:
         self._lock = threading.Lock()
         # volume_id -> {pod_uid or None: operation name}
         self._pending: dict[str, dict[str | None, str]] = {}
+        self._pending_count = 0
         self._backoff: dict[OperationKey, Backoff] = {}
         self._idle = threading.Condition(self._lock)
         self._closed = False
@@ -94,8 +98,9 @@ class OperationExecutor:
             return b.remaining(self._clock()) if b else 0.0
 
     def pending_count(self) -> int:
+        """Operations in flight (O(1): the daemon asks after every reconciler wake-up)."""
         with self._lock:
-            return sum(len(v) for v in self._pending.values())
+            return self._pending_count
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no operation is in flight (for tests and orderly shutdown)."""
@@ -133,6 +138,7 @@ class OperationExecutor:
                         f"{operation} for volume {key.volume_id} failed; next retry in {remaining:.1f}s", remaining
                     )
             self._pending.setdefault(key.volume_id, {})[key.pod_uid] = operation
+            self._pending_count += 1
             pool = self._lanes.get(lane)
             if pool is None:
                 size = self._lane_sizes.get(lane, DEFAULT_LANE_WORKERS)
@@ -166,7 +172,8 @@ class OperationExecutor:
     def _remove_pending(self, key: OperationKey) -> None:
         ops = self._pending.get(key.volume_id)
         if ops is not None:
-            ops.pop(key.pod_uid, None)
+            if ops.pop(key.pod_uid, _MISSING) is not _MISSING:
+                self._pending_count -= 1
             if not ops:
                 del self._pending[key.volume_id]
         if not self._pending:

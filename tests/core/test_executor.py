@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import pytest
 
@@ -115,6 +116,11 @@ def test_lanes_do_not_wait_for_each_other():
     for name, ev in done.items():
         assert ev.wait(2), f"the {name} operation waited behind another lane"
     assert ex.is_pending("slow-3") and ex.is_pending("local-2")
+    deadline = time.monotonic() + 2  # the quick and the other driver's operation finish
+    while ex.pending_count() != 7 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert ex.pending_count() == 7
     release.set()
     assert ex.wait_idle(5)
+    assert ex.pending_count() == 0
     ex.shutdown()
