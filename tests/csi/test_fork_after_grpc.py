@@ -6,6 +6,7 @@ saw a dozen failed formats per thousand volumes. volumemanager.csi turns fork su
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -47,6 +48,19 @@ CHILD = textwrap.dedent(
 def test_helper_commands_run_while_a_driver_is_called(csi_loop):
     plugin = csi_loop()
     env = {k: v for k, v in os.environ.items() if k != "GRPC_ENABLE_FORK_SUPPORT"}
-    proc = subprocess.run([sys.executable, "-c", CHILD, plugin.endpoint], env=env,
-                          capture_output=True, text=True, timeout=80)
-    assert proc.returncode == 0, (proc.stdout, proc.stderr[-2000:])
+    # Its own session: when the bug is back, a forked child hangs before exec, and killing
+    # the group (by the child's PID) must take that grandchild along.
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, plugin.endpoint], env=env, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        pytest.fail(f"helper commands hung after gRPC was used: {err[-2000:]}")
+    finally:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)  # whatever is left of the group
+        except ProcessLookupError:
+            pass
+    assert proc.returncode == 0, (out, err[-2000:])
