@@ -953,6 +953,19 @@ def _ok(value: Any, target: float, lower_is_better: bool = True) -> str:
     return "ok" if (value <= target if lower_is_better else value >= target) else "MISSED"
 
 
+def _latency_rows(g: Callable[..., Any], key: str, label: str, removed_label: str) -> list[tuple[str, ...]]:
+    """The table rows of one latency phase (reaction, device arrival): p50, p99, missed, removal."""
+    return [
+        ("", f"{label} p50 (x{g(key, 'trials')})", _fmt(g(key, "mount_p50_ms"), " ms"),
+         f"<= {TARGETS['reaction_p50_ms']:g} ms", _ok(g(key, "mount_p50_ms"), TARGETS["reaction_p50_ms"])),
+        ("", "  p99", _fmt(g(key, "mount_p99_ms"), " ms"), f"<= {TARGETS['reaction_p99_ms']:g} ms",
+         _ok(g(key, "mount_p99_ms"), TARGETS["reaction_p99_ms"])),
+        ("", "  missed (not mounted within timeout)", _fmt(g(key, "missed")), "0", _ok(g(key, "missed"), 0)),
+        ("", f"  {removed_label} p50 / p99",
+         f"{_fmt(g(key, 'unmount_p50_ms'))} / {_fmt(g(key, 'unmount_p99_ms'), ' ms')}", "", ""),
+    ]
+
+
 def table(results: list[dict[str, Any]]) -> str:
     rows: list[tuple[str, str, str, str, str]] = [("case", "metric", "value", "target", "")]
     for r in results:
@@ -997,28 +1010,10 @@ def table(results: list[dict[str, Any]]) -> str:
             ("", "  ratio vs floor process", _fmt(g("teardown", "ratio_process"), "x"),
              f"<= {TARGETS['teardown_ratio']:g}x", _ok(g("teardown", "ratio_process"), TARGETS["teardown_ratio"])),
             ("", "  ratio vs floor loop", _fmt(g("teardown", "ratio_loop"), "x"), "", ""),
-            ("", f"reaction: manifest -> mounted p50 (x{g('reaction', 'trials')})",
-             _fmt(g("reaction", "mount_p50_ms"), " ms"), f"<= {TARGETS['reaction_p50_ms']:g} ms",
-             _ok(g("reaction", "mount_p50_ms"), TARGETS["reaction_p50_ms"])),
-            ("", "  p99", _fmt(g("reaction", "mount_p99_ms"), " ms"), f"<= {TARGETS['reaction_p99_ms']:g} ms",
-             _ok(g("reaction", "mount_p99_ms"), TARGETS["reaction_p99_ms"])),
-            ("", "  missed (not mounted within timeout)", _fmt(g("reaction", "missed")), "0",
-             _ok(g("reaction", "missed"), 0)),
-            ("", "  removed -> unmounted p50 / p99",
-             f"{_fmt(g('reaction', 'unmount_p50_ms'))} / {_fmt(g('reaction', 'unmount_p99_ms'), ' ms')}", "", ""),
+            *_latency_rows(g, "reaction", "reaction: manifest -> mounted", "removed -> unmounted"),
         ]
         if full:
-            rows += [
-                ("", f"device attached -> mounted p50 (x{g('arrival', 'trials')})",
-                 _fmt(g("arrival", "mount_p50_ms"), " ms"), f"<= {TARGETS['reaction_p50_ms']:g} ms",
-                 _ok(g("arrival", "mount_p50_ms"), TARGETS["reaction_p50_ms"])),
-                ("", "  p99", _fmt(g("arrival", "mount_p99_ms"), " ms"), f"<= {TARGETS['reaction_p99_ms']:g} ms",
-                 _ok(g("arrival", "mount_p99_ms"), TARGETS["reaction_p99_ms"])),
-                ("", "  missed (not mounted within timeout)", _fmt(g("arrival", "missed")), "0",
-                 _ok(g("arrival", "missed"), 0)),
-                ("", "  removed -> pod + global unmounted p50 / p99",
-                 f"{_fmt(g('arrival', 'unmount_p50_ms'))} / {_fmt(g('arrival', 'unmount_p99_ms'), ' ms')}", "", ""),
-            ]
+            rows += _latency_rows(g, "arrival", "device attached -> mounted", "removed -> pod + global unmounted")
         rows += [
             ("", f"idle CPU over {_fmt(g('steady', 'window_s'), ' s')}", _fmt(g("steady", "cpu_percent"), " %"),
              f"<= {TARGETS['idle_cpu_percent']:g} %", _ok(g("steady", "cpu_percent"), TARGETS["idle_cpu_percent"])),
