@@ -62,7 +62,6 @@ _STATX_ATTRS_MASK = struct.Struct("=56xQ")
 # openat2(2) (Linux 5.6+; no glibc wrapper, so through syscall(2)). The syscall number is the
 # same on every architecture: it was added after the numbers were unified.
 SYS_OPENAT2 = 437
-RESOLVE_NO_XDEV = 0x01
 RESOLVE_NO_MAGICLINKS = 0x02
 RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
@@ -90,7 +89,7 @@ if _statx is not None:
 
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_openat2_works = True  # until the kernel says ENOSYS
+_openat2_works = True  # until the kernel (ENOSYS) or a seccomp filter (EPERM) refuses it
 
 
 def openat2(dir_fd: int, path: str, flags: int, resolve: int) -> int | None:
