@@ -953,6 +953,17 @@ def _ok(value: Any, target: float, lower_is_better: bool = True) -> str:
     return "ok" if (value <= target if lower_is_better else value >= target) else "MISSED"
 
 
+def _floor_rows(g: Callable[..., Any], floor: str, phase: str, target: str, label: str) -> list[tuple[str, ...]]:
+    """The table rows comparing one phase (bring-up, teardown) with its floor."""
+    return [
+        ("", f"  {label}", _fmt(g(floor, "process_s"), " s"), "", ""),
+        ("", "  floor: loop only", _fmt(g(floor, "loop_s"), " s"), "", ""),
+        ("", "  ratio vs floor process", _fmt(g(phase, "ratio_process"), "x"),
+         f"<= {TARGETS[target]:g}x", _ok(g(phase, "ratio_process"), TARGETS[target])),
+        ("", "  ratio vs floor loop", _fmt(g(phase, "ratio_loop"), "x"), "", ""),
+    ]
+
+
 def _latency_rows(g: Callable[..., Any], key: str, label: str, removed_label: str) -> list[tuple[str, ...]]:
     """The table rows of one latency phase (reaction, device arrival): p50, p99, missed, removal."""
     return [
@@ -986,11 +997,7 @@ def table(results: list[dict[str, Any]]) -> str:
             rows += [("", f"  last {k} mounted", _fmt(g("bringup", "last_mounted_by_kind_s", k), " s"), "", "")
                      for k in kinds]
         rows += [
-            ("", "  floor: process (interp+imports+loop)", _fmt(g("floor_up", "process_s"), " s"), "", ""),
-            ("", "  floor: loop only", _fmt(g("floor_up", "loop_s"), " s"), "", ""),
-            ("", "  ratio vs floor process", _fmt(g("bringup", "ratio_process"), "x"),
-             f"<= {TARGETS['bringup_ratio']:g}x", _ok(g("bringup", "ratio_process"), TARGETS["bringup_ratio"])),
-            ("", "  ratio vs floor loop", _fmt(g("bringup", "ratio_loop"), "x"), "", ""),
+            *_floor_rows(g, "floor_up", "bringup", "bringup_ratio", "floor: process (interp+imports+loop)"),
         ]
         if full:
             rows.append(("", "  ratio vs floor process + mkfs", _fmt(g("bringup", "ratio_process_plus_mkfs"), "x"),
@@ -1005,11 +1012,7 @@ def table(results: list[dict[str, Any]]) -> str:
                      for k in kinds]
             rows += [("", "  CSI loops detached", _fmt(g("teardown", "csi_loops_detached_s"), " s"), "", "")]
         rows += [
-            ("", "  floor: process", _fmt(g("floor_down", "process_s"), " s"), "", ""),
-            ("", "  floor: loop only", _fmt(g("floor_down", "loop_s"), " s"), "", ""),
-            ("", "  ratio vs floor process", _fmt(g("teardown", "ratio_process"), "x"),
-             f"<= {TARGETS['teardown_ratio']:g}x", _ok(g("teardown", "ratio_process"), TARGETS["teardown_ratio"])),
-            ("", "  ratio vs floor loop", _fmt(g("teardown", "ratio_loop"), "x"), "", ""),
+            *_floor_rows(g, "floor_down", "teardown", "teardown_ratio", "floor: process"),
             *_latency_rows(g, "reaction", "reaction: manifest -> mounted", "removed -> unmounted"),
         ]
         if full:
