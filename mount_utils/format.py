@@ -1,19 +1,32 @@
 """Safe format-and-mount of block devices, and online filesystem resize (k8s SafeFormatAndMount).
 
 The one rule that matters: **never format a device that holds anything**. A device is
-formatted only when ``blkid -p`` (low-level probing, no cache) says it found nothing at all
-(exit 2). A partition table, an unknown signature, or a probe error all refuse, and the device
-is left untouched. An existing filesystem of another type than requested is mounted as it is.
+formatted only when `mount_utils.blank` proves it blank: we could open it exclusively, nobody
+mounts, holds or swaps on it, it has no partitions, neither ``blkid -p`` nor ``wipefs`` names a
+signature, and its first and last MiB are zeros. Anything else refuses and leaves the device
+untouched, and mkfs never discards (``-E nodiscard``, ``-K``), so it writes only its own
+metadata. An existing filesystem is fsck'd and mounted only when nobody else uses the device,
+and only when it is of the requested type (otherwise `FilesystemMismatchError`, as the
+kubelet's FilesystemMismatch).
+
+A killed mkfs leaves a half-written device that is no longer blank. With a `format_marker`
+file the caller lets us recognise our own interrupted format: the marker is written before
+mkfs starts and removed after it succeeded (before the mount), and names the device instance
+(device number, ``diskseq``, boot id). A later call that finds a matching marker redoes mkfs,
+which is safe because that very device instance was proven blank before. After a reboot, or on
+another device instance, the marker does not match and the device is refused like any other.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from mount_utils.blank import SYSFS_ROOT, Inspection, inspect_device
 from mount_utils.child import die_with_parent
 from mount_utils.mounter import Mounter
 
@@ -35,7 +48,12 @@ FSCK_REBOOT_ADVISED = 2
 FSCK_ERRORS_UNCORRECTED = 4
 
 _EXT = frozenset({"ext2", "ext3", "ext4"})
-_MKFS_ARGS = {"ext2": ["-F", "-m0"], "ext3": ["-F", "-m0"], "ext4": ["-F", "-m0"], "xfs": ["-f"]}
+# Never discard: a discard throws away the whole device, so an error in deciding "blank" would
+# cost everything on it instead of only what mkfs writes.
+_NODISCARD = ["-E", "nodiscard"]
+_MKFS_ARGS = {"ext2": ["-F", "-m0", *_NODISCARD], "ext3": ["-F", "-m0", *_NODISCARD],
+              "ext4": ["-F", "-m0", *_NODISCARD], "xfs": ["-f", "-K"]}
+BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 
 
 class FormatError(Exception):
@@ -66,6 +84,17 @@ class RefuseToFormatError(FormatError):
     def __init__(self, device: str, found: str) -> None:
         super().__init__(f"refusing to format {device}: {found}", device)
         self.found = found
+
+
+class FilesystemMismatchError(FormatError):
+    """The device holds a filesystem of another type than requested (the kubelet's
+    FilesystemMismatch). Nothing was fsck'd, mounted or written."""
+
+    def __init__(self, device: str, requested: str, existing: str) -> None:
+        super().__init__(f"{device} already contains a filesystem of type {existing} but fsType {requested} "
+                         f"was requested: refusing to fsck or mount it", device)
+        self.requested = requested
+        self.existing = existing
 
 
 class UnformattedReadOnlyError(RefuseToFormatError):
@@ -170,6 +199,59 @@ def _fsck(device: str) -> None:
         log.info("fsck -a corrected errors on %s (exit %d)", device, rc)
 
 
+def _device_identity(device: str, sysfs_root: str) -> dict[str, str] | None:
+    """What names this device *instance*: a loop device re-attached, or a disk replaced, gets
+    a new ``diskseq``; a reboot a new boot id. None when the kernel does not say (no diskseq)."""
+    try:
+        st = os.stat(device)
+        dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
+        with open(os.path.join(sysfs_root, "dev", "block", dev, "diskseq")) as f:
+            diskseq = f.read().strip()
+        with open(BOOT_ID_PATH) as f:
+            boot_id = f.read().strip()
+    except OSError:
+        return None
+    if not diskseq or not boot_id:
+        return None
+    return {"device": device, "dev": dev, "diskseq": diskseq, "boot_id": boot_id}
+
+
+def _marker_matches(marker: str | None, device: str, sysfs_root: str) -> bool:
+    if marker is None:
+        return False
+    try:
+        with open(marker) as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):
+        return False
+    identity = _device_identity(device, sysfs_root)
+    return identity is not None and isinstance(recorded, dict) and all(
+        recorded.get(k) == v for k, v in identity.items())
+
+
+def _write_marker(marker: str | None, device: str, fs_type: str, sysfs_root: str) -> None:
+    """Record "we are formatting this blank device" before mkfs starts. The write reaches the
+    kernel before mkfs runs, which is all a daemon crash needs; after a power loss the boot id
+    no longer matches, so the marker needs no fsync."""
+    if marker is None:
+        return
+    identity = _device_identity(device, sysfs_root)
+    if identity is None:
+        return
+    fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump({**identity, "fs_type": fs_type}, f)
+
+
+def _remove_marker(marker: str | None) -> None:
+    if marker is None:
+        return
+    try:
+        os.unlink(marker)
+    except FileNotFoundError:
+        pass
+
+
 def format_and_mount(
     mounter: Mounter,
     device: str,
@@ -180,34 +262,42 @@ def format_and_mount(
     *,
     sensitive_options: Sequence[str] = (),
     format_options: Sequence[str] = (),
+    format_marker: str | None = None,
+    sysfs_root: str = SYSFS_ROOT,
 ) -> bool:
-    """Mount `device` on `target`, formatting it with `fs_type` first only if it is blank.
+    """Mount `device` on `target`, formatting it with `fs_type` first only if it is provably blank.
 
-    Returns True if it formatted. Refuses (`RefuseToFormatError`) a device with a partition
-    table or unrecognised data, and a blank device for a read-only mount. An ext* filesystem
-    is checked with ``fsck -a`` before a read-write mount (`FormatError` on uncorrected
-    errors). An existing filesystem of another type is mounted with its own type (warning).
+    Returns True if it formatted. Raises, touching nothing:
+
+    * `mount_utils.blank.DeviceInUseError`: mounted anywhere (even at `target`: the caller
+      adopts its own mount before calling this), held, swap, or open exclusively elsewhere;
+    * `mount_utils.blank.DeviceOpenError`: it cannot be opened or read (the errno is named);
+    * `RefuseToFormatError`: not blank and not a filesystem (partitions, a partition table,
+      swap or another signature, non-zero data), or blank for a read-only mount;
+    * `FilesystemMismatchError`: a filesystem of another type than `fs_type`;
+    * `FormatError`: mkfs or fsck failed (``uncertain`` when killed or timed out).
+
+    An ext* filesystem is checked with ``fsck -a`` before a read-write mount. `format_marker`
+    (a file path) lets a call finish a format that a crash interrupted (module docstring).
     """
     if not fs_type:
         fs_type = "ext4"
-    found = probe(device)
+    found = inspect_device(device, mounter.mount_table(), action="format, fsck or mount", sysfs_root=sysfs_root)
     formatted = False
-    if found.pt_type is not None:
-        raise RefuseToFormatError(device, f"it has a partition table ({found.pt_type})")
-    if found.fs_type == "unknown":
-        raise RefuseToFormatError(device, "it holds data blkid does not recognise")
-    if found.blank:
+    resume = not found.blank and _marker_matches(format_marker, device, sysfs_root)
+    if found.blank or resume:
         if read_only:
             raise UnformattedReadOnlyError(device)
+        if resume:
+            log.warning("%s: redoing the format of this device that was interrupted (it was blank before; "
+                        "found now: %s)", device, "; ".join(found.findings()))
+        _write_marker(format_marker, device, fs_type, sysfs_root)
         _mkfs(device, fs_type, format_options)
+        _remove_marker(format_marker)  # before the mount: once mounted, data may be written
         formatted = True
         mount_type = fs_type
     else:
-        assert found.fs_type is not None
-        mount_type = found.fs_type
-        if mount_type != fs_type:
-            log.warning("%s already has a %s filesystem, %s was requested: mounting it as %s",
-                        device, mount_type, fs_type, mount_type)
+        mount_type = _existing_filesystem(found, fs_type)
         if not read_only and mount_type in _EXT:
             _fsck(device)
     mount_options = list(options)
@@ -215,6 +305,16 @@ def format_and_mount(
         mount_options.append("ro")
     mounter.mount(device, target, mount_type, mount_options, sensitive_options)
     return formatted
+
+
+def _existing_filesystem(found: Inspection, fs_type: str) -> str:
+    """The type of the filesystem to mount as it is, or the refusal saying what was found."""
+    existing = found.filesystem
+    if existing is None:
+        raise RefuseToFormatError(found.device, "; ".join(found.findings()) or "it is not blank")
+    if existing != fs_type:
+        raise FilesystemMismatchError(found.device, fs_type, existing)
+    return existing
 
 
 def resize_filesystem(device: str, mount_path: str, fs_type: str) -> None:

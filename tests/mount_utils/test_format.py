@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 
@@ -10,6 +9,7 @@ import pytest
 
 from mount_utils.format import (
     DiskFormat,
+    FilesystemMismatchError,
     FormatError,
     RefuseToFormatError,
     UnformattedReadOnlyError,
@@ -83,16 +83,18 @@ def test_format_then_mount_again_keeps_data(loop_device_factory, target, mounter
 
 
 @pytest.mark.timeout(60)
-def test_existing_other_filesystem_mounted_as_is(loop_device, target, mounter, caplog):
+def test_existing_other_filesystem_is_a_mismatch(loop_device, target, mounter):
+    """Like the kubelet's FilesystemMismatch: an ext4 device asked for as xfs is neither
+    fsck'd nor mounted (it used to be mounted as ext4 with only a warning)."""
     require_tools("blkid", "mkfs.ext4", "fsck")
     subprocess.run(["mkfs.ext4", "-q", "-F", loop_device.path], check=True, capture_output=True, timeout=60)
-    before = probe(loop_device.path)
-    with caplog.at_level(logging.WARNING, logger="mount_utils.format"):
-        assert format_and_mount(mounter, loop_device.path, target, "xfs") is False
-    assert MountTable.read().top(target).fs_type == "ext4"
-    assert "already has a ext4 filesystem" in caplog.text
-    mounter.unmount(target)
-    assert probe(loop_device.path) == before
+    before = sha256_of(loop_device.path)
+    with pytest.raises(FilesystemMismatchError) as exc:
+        format_and_mount(mounter, loop_device.path, target, "xfs")
+    assert exc.value.existing == "ext4" and exc.value.requested == "xfs"
+    assert loop_device.path in str(exc.value) and "type ext4" in str(exc.value)
+    assert not mounter.is_mount_point(target)
+    assert sha256_of(loop_device.path) == before
 
 
 @pytest.mark.timeout(60)

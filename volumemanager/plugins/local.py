@@ -22,9 +22,16 @@ import os
 import stat
 from typing import Mapping
 
+from mount_utils.blank import DeviceCheckError, DeviceInUseError, DeviceOpenError
 from mount_utils.cleanup import cleanup_mount_point
 from mount_utils.device import block_device_ready, device_size_bytes, major_minor, resolve_device
-from mount_utils.format import FormatError, RefuseToFormatError, format_and_mount, resize_filesystem
+from mount_utils.format import (
+    FilesystemMismatchError,
+    FormatError,
+    RefuseToFormatError,
+    format_and_mount,
+    resize_filesystem,
+)
 from mount_utils.options import validate_mount_options
 from mount_utils.paths import PathSafetyError, safe_create_file, safe_makedirs
 from operation_executor.errors import FinalError, TransientError, UncertainError, WaitingError
@@ -137,11 +144,24 @@ class LocalPlugin(VolumePlugin):
             return
         fs_type = self._fs_type(spec)
         try:
-            formatted = format_and_mount(mounter, device, device_mount_path, fs_type, options)
+            formatted = format_and_mount(mounter, device, device_mount_path, fs_type, options,
+                                         format_marker=self._format_marker(spec))
         except RefuseToFormatError as err:
             self._rmdir_if_unmounted(device_mount_path)
             raise FinalError(f"{err}; local PV {spec.name} was left untouched",
                              code="REFUSE_TO_FORMAT") from None
+        except FilesystemMismatchError as err:
+            self._rmdir_if_unmounted(device_mount_path)
+            raise FinalError(f"{err}; local PV {spec.name} was left untouched",
+                             code="FILESYSTEM_MISMATCH") from None
+        except DeviceCheckError as err:
+            if err.uncertain:  # a hung device or a killed probe: nothing was written, retry
+                raise UncertainError(f"inspecting {device} for local PV {spec.name}: {err}",
+                                     code="FORMAT_UNCERTAIN") from None
+            self._rmdir_if_unmounted(device_mount_path)
+            code = ("DEVICE_IN_USE" if isinstance(err, DeviceInUseError)
+                    else "DEVICE_OPEN_FAILED" if isinstance(err, DeviceOpenError) else "FORMAT_FAILED")
+            raise FinalError(f"{err}; local PV {spec.name} was left untouched", code=code) from None
         except FormatError as err:
             if _format_error_is_uncertain(err):
                 raise UncertainError(f"preparing {device} for local PV {spec.name}: {err}",
@@ -159,6 +179,13 @@ class LocalPlugin(VolumePlugin):
             raise FinalError(f"mounting {device} at {device_mount_path}: {err}", code="MOUNT_FAILED") from None
         log.info("local PV %s: %s %smounted at %s", spec.name, device,
                  f"formatted as {fs_type} and " if formatted else "", device_mount_path)
+
+    def _format_marker(self, spec: VolumeSpec) -> str:
+        """Where "a format of this PV's blank device is in progress" is recorded (see
+        `mount_utils.format`): ``<plugin dir>/formatting/<pv name>``, beside ``mounts/``."""
+        marker_dir = os.path.join(self.host.plugin_dir(self.name), "formatting")
+        self._makedirs(marker_dir)
+        return os.path.join(marker_dir, spec.name)
 
     def _check_global_mount_is_device(self, device: str, device_mount_path: str) -> None:
         """An existing global mount must be of our device; anything else is a conflict that a
