@@ -116,7 +116,8 @@ class Inspection:
             out.append(f"it has a partition table ({self.pt_type})")
         if self.fs_type:
             kind = "a swap signature" if self.fs_type == "swap" else f"a {self.fs_type} signature"
-            out.append(f"it holds {kind}" + (f" (usage {self.usage})" if self.usage not in (None, "filesystem") else ""))
+            shown_usage = self.usage not in (None, "filesystem") and self.fs_type != "swap"
+            out.append(f"it holds {kind}" + (f" (usage {self.usage})" if shown_usage else ""))
         for sig in self.signatures:
             if not self.fs_type or self.fs_type not in sig:
                 out.append(f"it holds a signature: {sig}")
