@@ -71,6 +71,22 @@ _K8S_TO_CSI_ACCESS_SNMW = {
 }
 
 
+# Node capability values that the vendored spec (1.12+) no longer names but drivers built on an
+# older spec still advertise: 4 was the alpha VOLUME_CONDITION, removed upstream and kept there
+# as ``reserved 4``. Without this a driver's status read "UNKNOWN_4".
+RETIRED_NODE_CAPABILITIES = {4: "VOLUME_CONDITION"}
+
+
+def node_capability_name(value: int) -> str:
+    """The name of a ``NodeServiceCapability.RPC.Type`` value, read from the generated enum;
+    a retired value gets its old name, and only a value no spec we know names is
+    ``"UNKNOWN_<n>"``."""
+    enum = csi_pb2.NodeServiceCapability.RPC.Type
+    if value in enum.values():
+        return enum.Name(value)
+    return RETIRED_NODE_CAPABILITIES.get(value, f"UNKNOWN_{value}")
+
+
 def access_mode(k8s_modes: Iterable[str], single_node_multi_writer: bool = False) -> int:
     """The CSI access mode kubelet sends for a volume: from the *first* Kubernetes access mode
     (ReadWriteOnce when there is none), as ``asCSIAccessModeV1`` maps it."""
@@ -253,13 +269,7 @@ class CSINodeClient:
         """Names of the advertised node RPC capabilities, e.g. ``{"STAGE_UNSTAGE_VOLUME"}``.
         Values this client does not know (a newer spec) are kept as ``"UNKNOWN_<n>"``."""
         resp = self._node_call("NodeGetCapabilities", csi_pb2.NodeGetCapabilitiesRequest(), self.info_timeout)
-        names: set[str] = set()
-        enum = csi_pb2.NodeServiceCapability.RPC.Type
-        for cap in resp.capabilities:
-            if cap.HasField("rpc"):
-                value = cap.rpc.type
-                names.add(enum.Name(value) if value in enum.values() else f"UNKNOWN_{value}")
-        return names
+        return {node_capability_name(cap.rpc.type) for cap in resp.capabilities if cap.HasField("rpc")}
 
     def node_stage_volume(
         self,
