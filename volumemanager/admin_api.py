@@ -24,6 +24,19 @@ MAX_REQUEST_BYTES = 64 * 1024
 # `wait` may hold a connection this long at most, whatever the client asks.
 MAX_WAIT_SECONDS = 24 * 3600
 CONNECT_TIMEOUT_SECONDS = 2.0
+# The listen backlog. socketserver's default of 5 made a burst of clients fail: with a
+# timeout set, a unix-socket connect to a full backlog fails at once with EAGAIN instead of
+# waiting. The kernel caps this at net.core.somaxconn.
+LISTEN_BACKLOG = max(128, socket.SOMAXCONN)
+# How long the server waits for a client's request line. A client that connects and says
+# nothing must not hold a handler thread forever.
+REQUEST_READ_TIMEOUT_SECONDS = 10.0
+# The client's back-off while the server's backlog is full (EAGAIN on connect): doubling from
+# the first value to the cap, within the call's connect timeout.
+CONNECT_RETRY_INITIAL_SECONDS = 0.005
+CONNECT_RETRY_MAX_SECONDS = 0.1
+# The code the server puts in a denial, so that clients need not parse the message.
+PERMISSION_DENIED_CODE = "permission_denied"
 # Stopping: how often, and how many times, to wake serve_forever with an empty connection.
 STOP_POKE_INTERVAL = 0.01
 STOP_POKES = 100
@@ -40,18 +53,33 @@ def peer_uid(sock: socket.socket) -> int:
 
 
 class _Handler(socketserver.StreamRequestHandler):
+    # Applies to reading the request line only; cleared before the method runs (``wait``
+    # legitimately holds the connection for as long as the client asked).
+    timeout = REQUEST_READ_TIMEOUT_SECONDS
+
     def handle(self) -> None:
         server: AdminServer = self.server  # type: ignore[assignment]
         try:
             uid = peer_uid(self.connection)
         except OSError:
             return
-        if uid not in (0, os.getuid()):
-            self._send({"ok": False, "error": "permission denied: the admin socket answers root only"})
+        # Read the request before answering anything, even a denial: a server that replies and
+        # closes while the client is still sending makes the client's write fail with EPIPE (or
+        # its read with ECONNRESET) instead of reading the denial.
+        try:
+            line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+        except OSError:  # the read timed out or the peer went away
             return
-        line = self.rfile.readline(MAX_REQUEST_BYTES + 1)
+        if uid not in (0, os.getuid()):
+            self._send({"ok": False, "code": PERMISSION_DENIED_CODE,
+                        "error": "permission denied: the admin socket answers root only"})
+            return
         if len(line) > MAX_REQUEST_BYTES:
             self._send({"ok": False, "error": "request too long"})
+            return
+        try:
+            self.connection.settimeout(None)
+        except OSError:
             return
         try:
             req = json.loads(line or b"{}")
@@ -79,6 +107,7 @@ class _Handler(socketserver.StreamRequestHandler):
 class AdminServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = LISTEN_BACKLOG
 
     def __init__(self, path: str, methods: dict[str, Callable[..., Any]]) -> None:
         self.methods = methods
@@ -141,30 +170,80 @@ def _socket_answers(path: str) -> bool:
 
 
 class DaemonUnavailable(Exception):
-    """No daemon answers on the socket (the CLI then reads the disk)."""
+    """No daemon answers on the socket: it is missing, refuses connections, or hangs up
+    (the CLI then reads the disk, or reports "no daemon answered")."""
+
+
+class DaemonTimeout(DaemonUnavailable):
+    """Something listens on the socket but did not answer within the timeout."""
+
+
+class PermissionDenied(AdminError):
+    """This user may not ask the daemon: EACCES on the socket, or the daemon's own denial.
+    Not a DaemonUnavailable: a daemon may well be running, and falling back to reading the
+    disk would present a partial picture as the answer."""
+
+
+def _connect(s: socket.socket, path: str, timeout: float) -> None:
+    """Connect, retrying while the server's backlog is full (EAGAIN) until ``timeout``."""
+    deadline = time.monotonic() + timeout
+    delay = CONNECT_RETRY_INITIAL_SECONDS
+    while True:
+        try:
+            s.connect(path)
+            return
+        except FileNotFoundError as e:
+            raise DaemonUnavailable(f"no daemon answers on {path}: the socket does not exist") from e
+        except ConnectionRefusedError as e:
+            raise DaemonUnavailable(f"no daemon answers on {path}: connection refused") from e
+        except PermissionError as e:
+            raise PermissionDenied(f"permission denied on {path}: the admin socket answers root only") from e
+        except BlockingIOError:
+            pass  # EAGAIN: the backlog is full right now
+        except socket.timeout as e:
+            raise DaemonTimeout(f"the daemon on {path} did not accept the connection within {timeout:g}s") from e
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DaemonTimeout(f"the daemon on {path} did not accept the connection within {timeout:g}s "
+                                "(its backlog stayed full)")
+        time.sleep(min(delay, remaining))
+        delay = min(delay * 2, CONNECT_RETRY_MAX_SECONDS)
 
 
 def call(path: str, method: str, params: dict[str, Any] | None = None, timeout: float | None = 30.0) -> Any:
+    """Ask the daemon on ``path``; ``timeout`` bounds the wait for its answer.
+
+    Raises ``DaemonUnavailable`` (no daemon; ``DaemonTimeout`` when it does not answer in
+    time), ``PermissionDenied``, or ``AdminError`` with the daemon's error message."""
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(CONNECT_TIMEOUT_SECONDS)
     try:
-        try:
-            s.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError, socket.timeout, PermissionError) as e:
-            raise DaemonUnavailable(f"no daemon answers on {path}: {e}") from None
+        _connect(s, path, CONNECT_TIMEOUT_SECONDS)
         s.settimeout(timeout)
-        s.sendall(json.dumps({"method": method, "params": params or {}}).encode() + b"\n")
         buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(1 << 16)
-            if not chunk:
-                break
-            buf += chunk
+        try:
+            s.sendall(json.dumps({"method": method, "params": params or {}}).encode() + b"\n")
+            while not buf.endswith(b"\n"):
+                chunk = s.recv(1 << 16)
+                if not chunk:
+                    break
+                buf += chunk
+        except socket.timeout as e:
+            raise DaemonTimeout(f"the daemon on {path} did not answer {method!r} within {timeout:g}s") from e
+        except (BrokenPipeError, ConnectionResetError) as e:
+            if not buf:
+                raise DaemonUnavailable(f"the daemon on {path} closed the connection: {e.strerror}") from e
     finally:
         s.close()
     if not buf:
         raise DaemonUnavailable(f"the daemon on {path} closed the connection")
-    resp = json.loads(buf)
+    try:
+        resp = json.loads(buf)
+    except ValueError as e:
+        raise AdminError(f"the daemon on {path} sent a bad answer: {e}") from None
     if not resp.get("ok"):
-        raise AdminError(resp.get("error", "unknown error"))
+        error = str(resp.get("error", "unknown error"))
+        if resp.get("code") == PERMISSION_DENIED_CODE or error.startswith("permission denied"):
+            raise PermissionDenied(f"{error} ({path})")
+        raise AdminError(error)
     return resp.get("result")
