@@ -78,8 +78,12 @@ class OperationGenerator:
         details: dict,
         fn: Callable[[], object],
         durable: bool = True,
+        required: bool = True,
     ):
-        token = self._journal.begin(step, volume_id, pod_uid, details, durable=durable)
+        """Journal ``step`` around ``fn``. ``required=False`` (teardown) lets the step run
+        when its intent cannot be recorded; a required one that cannot be recorded raises
+        the journal's TransientError before ``fn`` starts."""
+        token = self._journal.begin(step, volume_id, pod_uid, details, durable=durable, required=required)
         try:
             result = fn()
         except BaseException as e:
@@ -169,6 +173,7 @@ class OperationGenerator:
                     {"mount_path": mv.mount_path},
                     lambda: plugin.tear_down(mv.spec, mv.pod, mv.outer_name, mv.mount_path),
                     durable=plugin.durable_intents,
+                    required=False,  # teardown frees space: it never waits for the journal
                 )
             except BaseException as e:
                 err = as_operation_error(e, "TearDown")
@@ -206,6 +211,7 @@ class OperationGenerator:
                         {"device_mount_path": path, "device_path": av.device_path},
                         lambda: plugin.unmount_device(av.spec, path),
                         durable=plugin.durable_intents,
+                        required=False,  # teardown frees space: it never waits for the journal
                     )
             except BaseException as e:
                 err = as_operation_error(e, "UnmountDevice")

@@ -12,11 +12,22 @@ from typing import Any, Mapping, Protocol
 
 class IntentJournal(Protocol):
     def begin(
-        self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any], durable: bool = True
+        self,
+        step: str,
+        volume_id: str,
+        pod_uid: str | None,
+        details: Mapping[str, Any],
+        durable: bool = True,
+        required: bool = True,
     ) -> object:
         """Record that ``step`` is about to run; returns a token for ``end``. When it returns
         the record survives the daemon being killed, and with ``durable`` (fsync) a power loss
-        too. ``details`` never holds secret values, only references."""
+        too. ``details`` never holds secret values, only references.
+
+        When the record cannot be written (a full disk): a ``required`` begin raises a
+        ``TransientError`` (the step did not start; it is retried); otherwise it returns a
+        token anyway and the step runs unrecorded. Teardown steps are not required: they are
+        what frees space, and the disk scan at start-up finds what an interrupted one left."""
         ...
 
     def end(self, token: object, outcome: str) -> None:
@@ -26,7 +37,13 @@ class IntentJournal(Protocol):
 
 class NullJournal:
     def begin(
-        self, step: str, volume_id: str, pod_uid: str | None, details: Mapping[str, Any], durable: bool = True
+        self,
+        step: str,
+        volume_id: str,
+        pod_uid: str | None,
+        details: Mapping[str, Any],
+        durable: bool = True,
+        required: bool = True,
     ) -> object:
         return None
 
