@@ -45,6 +45,8 @@ class Daemon:
         )
         self._stop = threading.Event()
         self._reload = threading.Event()
+        self._started_at = time.time()
+        self._record_sources = [getattr(self.vm.populator.source, "name", type(self.vm.populator.source).__name__)]
         self._last_status = ""
         self._last_state_metrics = 0.0
         self._stats = None
@@ -62,10 +64,39 @@ class Daemon:
 
     def _wait(self, pod: str, timeout_seconds: float = 120.0) -> dict:
         timeout = max(0.0, min(float(timeout_seconds), MAX_WAIT_SECONDS))
-        mounted = self.vm.wait_for_mount(pod, timeout)
+        deadline = time.monotonic() + timeout
+        if not self._pod_known(pod, deadline):
+            body = self._explain(pod)  # "no pod ... in the desired state"
+            body["mounted"] = False
+            return body
+        mounted = self.vm.wait_for_mount(pod, max(0.0, deadline - time.monotonic()))
         body = self._explain(pod)
         body["mounted"] = bool(mounted)
         return body
+
+    def _pod_known(self, pod: str, deadline: float) -> bool:
+        """Whether the desired state holds ``pod``, answered as soon as that can be known.
+
+        "No such pod" is only true once the desired state has been read whole (before that a
+        pod may simply not have been read yet), so wait for that, bounded by the caller's
+        deadline. Then re-read the source once: a client that writes a manifest and at once
+        waits for its pod may be faster than the file watch, and must not be told the pod does
+        not exist. Returns True at the deadline when the read is still not complete: the
+        caller's wait then times out as it always did."""
+        if self.vm.dsw.find_pod(pod) is not None:
+            return True
+        while not self.vm.populator.has_added_pods:
+            if time.monotonic() >= deadline or self._stop.is_set():
+                return True
+            time.sleep(0.05)
+            if self.vm.dsw.find_pod(pod) is not None:
+                return True
+        try:
+            self.vm.populator.source.resync()
+            self.vm.populator.sync()
+        except Exception:  # noqa: BLE001 - a failed re-read leaves the state as it was read
+            log.warning("wait %s: re-reading the desired state failed", pod, exc_info=True)
+        return self.vm.dsw.find_pod(pod) is not None
 
     def _plan(self) -> list[dict]:
         return self.vm.plan()
@@ -94,8 +125,24 @@ class Daemon:
     def request_reload(self, *_: object) -> None:
         self._reload.set()
 
+    def _write_record(self, stopped: bool = False) -> None:
+        """Record the settings this daemon runs with for ``status`` without a daemon
+        (``daemon_record``). A failure is logged, never fatal: the mounts matter more."""
+        from volumemanager.daemon_record import build_record, write_record
+
+        record = build_record(self.cfg, self._record_sources, self._started_at)
+        if stopped:
+            record["stopped_at"] = time.time()
+        try:
+            path = write_record(self.cfg.root_dir, record)
+        except OSError as e:
+            log.error("cannot write the daemon record under %s: %s", self.cfg.root_dir, e)
+            return
+        log.debug("daemon record written to %s", path)
+
     def run(self) -> int:
         started = time.monotonic()
+        self._write_record()
         self.server.start()
         self.vm.start()
         if self._stats is not None:
@@ -116,20 +163,35 @@ class Daemon:
             self._stats.stop()
         self.vm.stop()
         self.metrics.stop()
+        self._write_record(stopped=True)
         return 0
 
     def _do_reload(self) -> None:
         self.notifier.reloading()
+        log.info("SIGHUP: re-reading config and manifests")
         if self.cfg.config:
             try:
                 from volumemanager.logs import setup_logging
 
                 new = build_config({"config": self.cfg.config})
                 setup_logging(new.log_format, new.log_level)
-                log.info("re-read config %s (log settings applied; other changes need a restart)", self.cfg.config)
+                changed = [f"{n}={getattr(new, n)}" for n in ("log_format", "log_level")
+                           if getattr(new, n) != getattr(self.cfg, n)]
+                self.cfg.log_format, self.cfg.log_level = new.log_format, new.log_level
+                log.info("SIGHUP: re-read config %s: %s (other settings need a restart)", self.cfg.config,
+                         f"applied {', '.join(changed)}" if changed else "log settings unchanged")
             except (ConfigError, ValueError) as e:
                 log.error("SIGHUP: %s; keeping the running config", e)
-        self.vm.resync()
+        before = self.vm.populator.snapshot
+        try:
+            self.vm.resync()
+        except Exception:  # noqa: BLE001 - keep running on the state read before
+            log.exception("SIGHUP: re-reading the manifests failed; keeping the desired state read before")
+        else:
+            after = self.vm.populator.snapshot
+            log.info("SIGHUP: manifests re-read: %d pods (was %d), %d manifest errors (was %d)",
+                     len(after.pods), len(before.pods), len(after.errors), len(before.errors))
+        self._write_record()
         self.notifier.ready("reloaded")
 
 
