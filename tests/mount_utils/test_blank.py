@@ -252,10 +252,15 @@ def test_xfs_requested_as_ext4_is_a_mismatch(loop_device_factory, mounter, targe
     assert err.existing == "xfs" and err.requested == "ext4"
 
 
-def test_existing_ext4_of_the_requested_type_is_mounted(loop_device, mounter, target):
-    require_tools("blkid", "wipefs", "mkfs.ext4", "fsck")
+def test_existing_ext4_of_the_requested_type_is_fscked_and_mounted(loop_device, mounter, target, tmp_path,
+                                                                    monkeypatch):
+    """Also shows the stand-in fsck of the "mounted elsewhere" test would have seen a call."""
+    require_tools("blkid", "wipefs", "mkfs.ext4")
     _mkfs_ext4_eager(loop_device.path)
+    ran = tmp_path / "fsck-ran"
+    fake_tool(tmp_path, monkeypatch, "fsck", f"echo \"$@\" > {ran}\nexit 0\n")
     assert format_and_mount(mounter, loop_device.path, target, "ext4") is False
+    assert ran.read_text().split() == ["-a", loop_device.path]
     assert MountTable.read().top(target).fs_type == "ext4"
     mounter.unmount(target)
 
