@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
+import os
 import sys
 import time
 
+from volumemanager import exit_codes as ec
 from volumemanager.config import DEFAULT_MANIFEST_DIR, DEFAULT_ROOT_DIR, DEFAULT_SOCKET
 
 # How often `wait` re-tries the socket while no daemon answers yet.
@@ -20,20 +21,43 @@ EPILOGS = {
   volumemanager daemon --config /etc/volumemanager/config.yaml --log-format json""",
     "status": """examples:
   volumemanager status
-  volumemanager status --json | jq '.volumes[] | select(.state != "mounted")'""",
+  volumemanager status -o wide
+  volumemanager status --json | jq '.volumes[] | select(.state != "mounted")'
+when no daemon answers, status reads the disk (using the settings the daemon recorded under
+the root dir) and says so, and what it could not know.
+exit codes: 0 (also when read from the disk), 4 permission denied, 5 the daemon answered with an error,
+  141 stdout closed early (e.g. piped into head)""",
     "explain": """examples:
   volumemanager explain demo/web
   volumemanager explain demo/web data
-exit codes: 0 mounted, 1 not mounted, 2 no such pod""",
+exit codes: 0 mounted, 1 not mounted, 2 no such pod, 3 no daemon answered, 4 permission denied,
+  5 the daemon answered with an error""",
     "wait": """examples:
   volumemanager wait demo/web --timeout 60 && start-my-workload
-exit codes: 0 mounted, 1 timed out (the explanation is printed), 2 no such pod""",
+exit codes: 0 mounted, 1 timed out (the explanation is printed), 2 no such pod (answered as soon as
+  the daemon has read its desired state), 3 no daemon answered before the timeout, 4 permission
+  denied, 5 the daemon answered with an error""",
     "plan": """examples:
-  volumemanager plan""",
+  volumemanager plan
+exit codes: 0, 3 no daemon answered, 4 permission denied, 5 the daemon answered with an error""",
     "install-unit": """examples:
   volumemanager install-unit --dry-run
   volumemanager install-unit && systemctl daemon-reload && systemctl enable --now volumemanager""",
 }
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Keeps the examples epilog as written and shows every flag's default: "(default: X)"
+    is added unless the help already names its default or there is none to show."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (action.option_strings and "default" not in text and default not in (None, False, argparse.SUPPRESS)
+                and not isinstance(default, list)):
+            shown = f"{default:g}" if isinstance(default, float) else default
+            text += f" (default: {shown})"
+        return text
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -45,14 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="volumemanager",
         description="A node-side volume manager: mounts the volumes that pod manifests ask for, and explains itself.",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="run 'volumemanager COMMAND --help' for each command's flags and examples",
+        formatter_class=HelpFormatter,
+        epilog="run 'volumemanager COMMAND --help' for each command's flags and examples\n\n" + ec.EPILOG,
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def cmd(name: str, help_text: str) -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, epilog=EPILOGS.get(name),
-                           formatter_class=argparse.RawDescriptionHelpFormatter)
+                           formatter_class=HelpFormatter)
         _add_common(p)
         return p
 
@@ -64,29 +88,38 @@ def build_parser() -> argparse.ArgumentParser:
                    help="register a CSI driver statically (repeatable)")
     d.add_argument("--node-name", default=None, help="this node's name (default: the host name)")
     d.add_argument("--metrics-address", default=None, help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9469; empty disables)")
-    d.add_argument("--log-format", default=None, choices=["text", "json"])
-    d.add_argument("--log-level", default=None, help="debug, info, warning, error")
+    d.add_argument("--log-format", default=None, choices=["text", "json"], help="log line format (default: text)")
+    d.add_argument("--log-level", default=None, help="debug, info, warning, error (default: info)")
     d.add_argument("--csi-timeout", type=float, default=None, metavar="SECONDS",
                    help="deadline of every CSI node call (default 120, the kubelet's); past it the volume is uncertain")
 
     s = cmd("status", "desired vs actual, one row per (pod, volume), plus orphans, drivers and manifest errors")
     s.add_argument("--json", action="store_true", help="print JSON (see INTERFACE.md for the fields)")
-    s.add_argument("--manifest-dir", default=None, help="used only when no daemon answers")
+    s.add_argument("-o", "--output", choices=["table", "wide"], default="table",
+                   help="table format; wide adds the device, device mount path, error code and next retry")
+    s.add_argument("--manifest-dir", default=None,
+                   help="used only when no daemon answers (default: the one the daemon recorded under the root dir)")
+    s.add_argument("--node-name", default=None,
+                   help="used only when no daemon answers (default: the one the daemon recorded, else the host name)")
 
     e = cmd("explain", "why a volume is (not) mounted: the chain of causes")
     e.add_argument("pod", metavar="NAMESPACE/POD")
-    e.add_argument("volume", nargs="?", default=None)
-    e.add_argument("--json", action="store_true")
+    e.add_argument("volume", nargs="?", default=None, help="one volume of the pod (default: all of them)")
+    e.add_argument("--json", action="store_true", help="print JSON")
 
     w = cmd("wait", "block until every volume of the pod is mounted")
     w.add_argument("pod", metavar="NAMESPACE/POD")
-    w.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS")
+    w.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="give up after this long, also while no daemon answers yet")
 
     pl = cmd("plan", "what the reconciler would do next, without doing it")
-    pl.add_argument("--json", action="store_true")
+    pl.add_argument("--json", action="store_true", help="print JSON")
 
-    iu = sub.add_parser("install-unit", help="write the systemd unit with this installation's executable path",
-                        epilog=EPILOGS["install-unit"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    iu_help = "write the systemd unit with this installation's executable path"
+    iu = sub.add_parser("install-unit", help=iu_help,
+                        description=f"{iu_help}\nto /etc/systemd/system/volumemanager.service, and the example config "
+                                    "to /etc/volumemanager/config.yaml\nunless a config exists there",
+                        epilog=EPILOGS["install-unit"], formatter_class=HelpFormatter)
     from volumemanager import install_unit
 
     install_unit.add_arguments(iu)
@@ -115,31 +148,28 @@ def cmd_status(args) -> int:
 
     try:
         data = _call(args, "status")
-    except DaemonUnavailable:
+    except DaemonUnavailable as e:
+        # Permission denied is not caught here: a disk read would look like the answer.
         from volumemanager.offline import offline_status
 
-        data = offline_status(_root(args), args.manifest_dir or DEFAULT_MANIFEST_DIR, socket.gethostname())
+        data = offline_status(_root(args), args.manifest_dir, args.node_name, why=str(e))
     if args.json:
         print(json.dumps(data, indent=2, sort_keys=True))
-        return 0
-    print_status_table(data)
-    return 0
+        return ec.OK
+    print_status_table(data, wide=args.output == "wide")
+    return ec.OK
 
 
 STATE_STYLE = {"mounted": "green", "pending": "yellow", "waiting": "yellow", "error": "red",
                "uncertain": "magenta", "unmounting": "cyan"}
 
 
-def print_status_table(data: dict) -> None:
-    from rich.console import Console
-    from rich.table import Table
+WIDE_COLUMNS = ("DEVICE", "DEVICE MOUNT PATH", "ERROR CODE", "NEXT RETRY")
 
-    console = Console()
-    if data.get("source") == "disk":
-        console.print(f"[bold]{data.get('note', 'no daemon answered')}[/]")
-    table = Table(title=f"volumes on {data.get('node')}", show_lines=False)
-    for col in ("POD", "VOLUME", "PLUGIN", "STATE", "PATH / REASON"):
-        table.add_column(col)
+
+def _status_rows(data: dict, wide: bool) -> list[tuple[str, ...]]:
+    """One tuple of cell texts per volume, whole (never shortened)."""
+    out = []
     for v in data.get("volumes", []):
         state = v["state"]
         detail = v.get("mount_path") or ""
@@ -147,21 +177,79 @@ def print_status_table(data: dict) -> None:
             detail = v.get("last_error") or v.get("reason") or detail
             if v.get("next_retry_seconds"):
                 detail += f" (retry in {v['next_retry_seconds']:.0f}s)"
-        table.add_row(v["pod"], v["volume"], (v.get("plugin") or "").removeprefix("kubernetes.io/"),
-                      f"[{STATE_STYLE.get(state, 'white')}]{state}[/]", detail)
-    console.print(table)
-    if data.get("orphans"):
-        console.print("[bold]orphans[/] (mounted under the root dir, not desired):")
-        for o in data["orphans"]:
-            console.print(f"  {o['mount_path']}: {o['reason']}")
-    if data.get("drivers"):
-        console.print("[bold]CSI drivers[/]:")
-        for d in data["drivers"]:
-            console.print(f"  {d['name']} at {d['endpoint']} ({', '.join(d.get('capabilities', [])) or 'no capabilities'})")
-    if data.get("manifest_errors"):
-        console.print("[bold red]manifest errors[/]:")
-        for e in data["manifest_errors"]:
-            console.print(f"  {e.get('text') or e}", markup=False)
+        row = (v["pod"], v["volume"], (v.get("plugin") or "").removeprefix("kubernetes.io/"), state, detail)
+        if wide:
+            retry = v.get("next_retry_seconds")
+            row += (v.get("device_path") or "", v.get("device_mount_path") or "", v.get("error_code") or "",
+                    f"{retry:.0f}s" if retry else "")
+        out.append(row)
+    return out
+
+
+def print_status_table(data: dict, wide: bool = False) -> None:
+    """A rich table on a terminal (long cells wrap, never cut); plain columns with whole
+    paths otherwise, so that a pipe or a log keeps every path and rows stay distinct."""
+    title = f"volumes on {data.get('node')}"
+    columns = ("POD", "VOLUME", "PLUGIN", "STATE", "PATH / REASON") + (WIDE_COLUMNS if wide else ())
+    rows = _status_rows(data, wide)
+    if sys.stdout.isatty():
+        from rich.console import Console
+        from rich.markup import escape
+        from rich.table import Table
+
+        console = Console()
+        table = Table(title=title, show_lines=False)
+        for col in columns:
+            table.add_column(col, overflow="fold")
+        for row in rows:
+            cells = [escape(c) for c in row]
+            cells[3] = f"[{STATE_STYLE.get(row[3], 'white')}]{cells[3]}[/]"
+            table.add_row(*cells)
+        header = (lambda text: console.print(f"[bold]{escape(text)}[/]"))
+    else:
+        console = None
+        header = print
+    if data.get("source") == "disk":
+        header(data.get("note", "no daemon answered: read from the disk"))
+        if data.get("unknown"):
+            header(f"not known without the daemon: {', '.join(data['unknown'])}")
+    if console is not None:
+        console.print(table)
+    else:
+        print(title)
+        widths = [max([len(c)] + [len(r[i]) for r in rows]) for i, c in enumerate(columns)]
+        for line in [columns, *rows]:
+            print("  ".join(cell.ljust(w) for cell, w in zip(line, widths)).rstrip())
+
+    def section(title: str, lines: list[str]) -> None:
+        if not lines:
+            return
+        header(title)
+        for line in lines:
+            if console is not None:
+                console.print(f"  {line}", markup=False, highlight=False, soft_wrap=True)
+            else:
+                print(f"  {line}")
+
+    section("orphans (mounted under the root dir, not desired):",
+            [f"{o['mount_path']}: {o['reason']}" for o in data.get("orphans", [])])
+    section("mounts under the root dir that may or may not be desired:",
+            [f"{o['mount_path']}: {o['reason']}" for o in data.get("unclassified_mounts", [])])
+    section("CSI drivers:", [f"{d['name']} at {d['endpoint']} ({', '.join(d.get('capabilities', [])) or 'no capabilities'})"
+                             for d in data.get("drivers", [])])
+    section("manifest errors:", [str(e.get("text") or e) if isinstance(e, dict) else str(e)
+                                 for e in data.get("manifest_errors", [])])
+    section("desired-state sources not read whole (nothing is torn down until they are):",
+            [_source_line(src) for src in data.get("sources", []) if src.get("state") != "synced"])
+
+
+def _source_line(src: dict) -> str:
+    """"manifest-dir:/x failed since T: why" for the status table."""
+    if src.get("state") != "failed":
+        return f"{src.get('name')} {src.get('state')}"
+    since = src.get("since")
+    when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since)) if isinstance(since, (int, float)) else "?"
+    return f"{src.get('name')} failed since {when}: {src.get('error')}"
 
 
 # --- explain / wait / plan --------------------------------------------------------------
@@ -176,19 +264,17 @@ def _print_explanation(body: dict) -> None:
             print(f"  - {line}")
 
 
-def cmd_explain(args) -> int:
-    from volumemanager.admin_api import DaemonUnavailable
+# explain, wait and plan let DaemonUnavailable / PermissionDenied / AdminError reach main(),
+# which turns them into one line on stderr and the exit codes of ``exit_codes``.
 
-    try:
-        body = _call(args, "explain", pod=args.pod, volume=args.volume)
-    except DaemonUnavailable as e:
-        print(f"{e}; explain needs the running daemon (try 'volumemanager status')", file=sys.stderr)
-        return 1
+
+def cmd_explain(args) -> int:
+    body = _call(args, "explain", pod=args.pod, volume=args.volume)
     if args.json:
         print(json.dumps(body, indent=2))
     else:
         _print_explanation(body)
-    return int(body.get("exit_code", 1))
+    return int(body.get("exit_code", ec.NOT_MOUNTED))
 
 
 def cmd_wait(args) -> int:
@@ -200,29 +286,22 @@ def cmd_wait(args) -> int:
         try:
             body = _call(args, "wait", remaining + 30, pod=args.pod, timeout_seconds=remaining)
             break
-        except DaemonUnavailable as e:
+        except DaemonUnavailable as e:  # the daemon may be starting: keep trying until the deadline
             if time.monotonic() >= deadline:
-                print(f"timed out: {e}", file=sys.stderr)
-                return 1
+                raise DaemonUnavailable(f"{e} (gave up after {args.timeout:g}s)") from None
             time.sleep(WAIT_CONNECT_RETRY_SECONDS)
     if body.get("mounted"):
-        return 0
+        return ec.OK
     if not body.get("found", True):
         _print_explanation(body)
-        return 2
+        return ec.NO_SUCH_POD
     print(f"timed out after {args.timeout:g}s waiting for {args.pod}:")
     _print_explanation(body)
-    return 1
+    return ec.NOT_MOUNTED
 
 
 def cmd_plan(args) -> int:
-    from volumemanager.admin_api import DaemonUnavailable
-
-    try:
-        actions = _call(args, "plan")
-    except DaemonUnavailable as e:
-        print(f"{e}; plan needs the running daemon", file=sys.stderr)
-        return 0
+    actions = _call(args, "plan")
     if args.json:
         print(json.dumps(actions, indent=2))
         return 0
@@ -249,7 +328,37 @@ def main(argv: list[str] | None = None) -> int:
 
         return install_unit.run(args)
     handler = {"status": cmd_status, "explain": cmd_explain, "wait": cmd_wait, "plan": cmd_plan}[args.command]
-    return handler(args)
+    return run_client_command(args.command, handler, args)
+
+
+def run_client_command(name: str, handler, args) -> int:
+    """Run a command that asks the daemon; failures to ask become one line on stderr and the
+    shared exit codes (``exit_codes``), and a closed stdout (``| head``) ends quietly."""
+    from volumemanager.admin_api import AdminError, DaemonUnavailable, PermissionDenied
+
+    try:
+        code = handler(args)
+        sys.stdout.flush()
+        return code
+    except PermissionDenied as e:
+        print(f"volumemanager {name}: {e}", file=sys.stderr)
+        return ec.PERMISSION_DENIED
+    except DaemonUnavailable as e:
+        print(f"volumemanager {name}: {e}; {name} needs the running daemon", file=sys.stderr)
+        return ec.NO_DAEMON
+    except AdminError as e:
+        print(f"volumemanager {name}: the daemon answered: {e}", file=sys.stderr)
+        return ec.DAEMON_ERROR
+    except BrokenPipeError:
+        # The reader went away (`| head`): nothing more to say, and the interpreter must not
+        # complain about flushing stdout at exit either.
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+        except OSError:
+            pass
+        return ec.BROKEN_PIPE
 
 
 if __name__ == "__main__":

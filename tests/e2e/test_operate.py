@@ -91,15 +91,40 @@ def test_metrics_operation_counters_move(daemon_factory):
                what="volumes-by-state gauge")
 
 
-def test_wait_returns_within_milliseconds_of_the_mount(daemon):
+def test_wait_returns_within_milliseconds_of_the_mount(daemon, tmp_path):
     import subprocess
     import sys
 
+    # The pod exists (wait on an unknown pod answers "no such pod" at once) but cannot mount
+    # until its claim and volume appear.
+    host = tmp_path / "pvdata"
+    host.mkdir()
+    daemon.write_manifest("web.yaml", """\
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: demo}
+spec:
+  volumes:
+  - name: data
+    persistentVolumeClaim: {claimName: claim1}
+""")
+    wait_until(lambda: daemon.states("demo/web").get("data") == "waiting", 10, what="the pod waiting for its claim")
     waiter = subprocess.Popen([sys.executable, "-m", "volumemanager", "wait", "demo/web", *daemon.common,
                                "--timeout", "20"])
     try:
-        time.sleep(0.5)  # the waiter is connected and waiting before the pod exists
-        daemon.write_manifest("web.yaml", EMPTYDIR_POD)
+        time.sleep(0.5)  # the waiter is connected and waiting before the volume can mount
+        daemon.write_manifest("pv.yaml", f"""\
+apiVersion: v1
+kind: PersistentVolume
+metadata: {{name: pv1}}
+spec:
+  hostPath: {{path: {host}, type: Directory}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: claim1, namespace: demo}}
+spec: {{volumeName: pv1}}
+""")
         assert waiter.wait(20) == 0
         st = daemon.status()
         assert [v["state"] for v in st["volumes"]] == ["mounted"]
