@@ -142,7 +142,8 @@ def test_no_change_no_callback(mdir, started):
 def test_missing_directory_appears_later(tmp_path, started):
     mdir = tmp_path / "later"
     source, changes = started(mdir, rescan_interval=0.1)
-    assert source.synced
+    assert not source.synced  # a directory that could not be read is not a real "no pods"
+    assert source.health().state == "failed"
     assert "does not exist" in source.snapshot().errors[0].message
     mdir.mkdir()
     write(mdir / "a.yaml", pod_yaml("a"))

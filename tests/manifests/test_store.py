@@ -272,3 +272,56 @@ def test_concurrent_updates_and_snapshots(mdir):
     snap = store.snapshot()
     assert len(snap.pods) == 5
     assert all(p.volumes[0].name == "v19" for p in snap.pods.values())
+
+
+# --- issue 11, item 4: one pod per UID, sticky -----------------------------------------------
+
+def _uid_pod(name: str, uid: str = "same") -> str:
+    return f"kind: Pod\nmetadata: {{name: {name}, uid: {uid}}}\nspec:\n  volumes:\n  - {{name: v, emptyDir: {{}}}}\n"
+
+
+def _holder(store) -> str:
+    snap = store.snapshot()
+    return snap.pods["same"].name
+
+
+@pytest.mark.parametrize("newcomer_file", ["0-first.yaml", "z-last.yaml"])
+def test_uid_holder_keeps_it_whatever_the_file_order(mdir, newcomer_file):
+    write(mdir / "m-holder.yaml", _uid_pod("holder"))
+    store = ManifestStore(str(mdir))
+    store.rescan()
+    assert _holder(store) == "holder"
+    write(mdir / newcomer_file, _uid_pod("newcomer"))
+    store.rescan()
+    assert _holder(store) == "holder"
+    (error,) = store.snapshot().errors
+    assert error.field == "metadata.uid" and error.file == newcomer_file
+    assert "'default/holder'" in error.message and "'default/newcomer'" in error.message
+
+
+def test_uid_holder_keeps_it_when_documents_are_swapped_between_files(mdir):
+    write(mdir / "a.yaml", _uid_pod("first"))
+    write(mdir / "b.yaml", _uid_pod("second"))
+    store = ManifestStore(str(mdir))
+    store.rescan()
+    assert _holder(store) == "first"
+    # Swap the documents: "second" now comes first in path order.
+    write(mdir / "a.yaml", _uid_pod("second"))
+    write(mdir / "b.yaml", _uid_pod("first"))
+    store.rescan()
+    assert _holder(store) == "first"
+    (error,) = store.snapshot().errors
+    assert error.file == "a.yaml" and "'default/second' ignored" in error.message
+
+
+def test_uid_goes_to_the_newcomer_once_the_holder_document_is_gone(mdir):
+    write(mdir / "a.yaml", _uid_pod("first"))
+    write(mdir / "b.yaml", _uid_pod("second"))
+    store = ManifestStore(str(mdir))
+    store.rescan()
+    (mdir / "a.yaml").unlink()
+    store.rescan()
+    assert _holder(store) == "second" and store.snapshot().errors == ()
+    write(mdir / "a.yaml", _uid_pod("first"))  # back again: now it is the newcomer
+    store.rescan()
+    assert _holder(store) == "second"

@@ -9,7 +9,11 @@ it from the desired state, so a half-written or mistyped file never tears down a
   rejected document's object -- matched by (kind, namespace, name) when that can be read --
   keeps its last good version;
 * the same (kind, namespace, name) in two files: the first in sorted path order wins, the
-  other is reported; two pods with the same UID likewise.
+  other is reported;
+* two pods with the same UID: the pod that held the UID in the last snapshot keeps it while
+  its document exists, whatever the files are called or in which order they change (else the
+  first in sorted path order); the newcomer is reported. Otherwise swapping two documents
+  between files would hand one pod's directory -- its emptyDir data -- to the other.
 
 Thread-safe: readers take a cached immutable :class:`Snapshot`; updates are serialised, and
 files are read outside the lock that ``snapshot()`` needs, so a slow read never blocks readers.
@@ -60,6 +64,9 @@ class ManifestStore:
         self._update_lock = threading.RLock()  # serialises reads+merges so none applies out of order
         self._files: dict[str, _FileState] = {}
         self._dir_errors: tuple[ManifestError, ...] = ()
+        # uid -> (namespace, name) of the pod that holds it in the current snapshot: the
+        # memory that makes the duplicate-UID rule sticky.
+        self._uid_holders: dict[str, tuple[str, str]] = {}
         self._generation = 0
         self._snapshot: Snapshot | None = None
 
@@ -69,6 +76,11 @@ class ManifestStore:
     def generation(self) -> int:
         with self._lock:
             return self._generation
+
+    def dir_error(self) -> str | None:
+        """Why the directory could not be listed at the last rescan; None when it could."""
+        with self._lock:
+            return self._dir_errors[0].message if self._dir_errors else None
 
     def files(self) -> list[str]:
         """The paths currently tracked, sorted."""
@@ -231,6 +243,7 @@ class ManifestStore:
         secrets: dict[tuple[str, str], Secret] = {}
         owners: dict[tuple[str, str, str], Any] = {}
         errors: list[ManifestError] = list(self._dir_errors)
+        candidates: dict[str, list[Pod]] = {}  # uid -> pods claiming it, in path order
         for path in sorted(self._files):
             state = self._files[path]
             errors.extend(state.errors)
@@ -246,16 +259,7 @@ class ManifestStore:
                     ))
                     continue
                 if isinstance(obj, Pod):
-                    other = pods.get(obj.uid)
-                    if other is not None:
-                        errors.append(ManifestError(
-                            obj.origin.file, obj.origin.document, "metadata.uid",
-                            f"duplicate pod UID {obj.uid!r}: already used by pod {other.key!r} "
-                            f"({other.origin}); ignored",
-                            KIND_POD, label,
-                        ))
-                        continue
-                    pods[obj.uid] = obj
+                    candidates.setdefault(obj.uid, []).append(obj)
                 elif isinstance(obj, PersistentVolume):
                     pvs[obj.name] = obj
                 elif isinstance(obj, PersistentVolumeClaim):
@@ -263,6 +267,27 @@ class ManifestStore:
                 elif isinstance(obj, Secret):
                     secrets[(obj.namespace, obj.name)] = obj
                 owners[ident] = obj
+        holders: dict[str, tuple[str, str]] = {}
+        for uid, claimants in candidates.items():
+            winner = claimants[0]
+            if len(claimants) > 1:
+                held = self._uid_holders.get(uid)
+                for pod in claimants:
+                    if (pod.namespace, pod.name) == held:
+                        winner = pod
+                        break
+                for pod in claimants:
+                    if pod is winner:
+                        continue
+                    errors.append(ManifestError(
+                        pod.origin.file, pod.origin.document, "metadata.uid",
+                        f"duplicate pod UID {uid!r}: already used by pod {winner.key!r} "
+                        f"({winner.origin}); pod {pod.key!r} ignored",
+                        KIND_POD, pod.key,
+                    ))
+            pods[uid] = winner
+            holders[uid] = (winner.namespace, winner.name)
+        self._uid_holders = holders
         return Snapshot(pods, pvs, pvcs, secrets, tuple(errors), self._generation)
 
 

@@ -2,9 +2,61 @@
 
 from __future__ import annotations
 
-from typing import Callable, Protocol, runtime_checkable
+import datetime as _dt
+from dataclasses import dataclass
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from volumemanager.manifests.models import Snapshot
+
+SYNCED = "synced"
+FAILED = "failed"
+STARTING = "starting"
+
+
+@dataclass(frozen=True)
+class SourceHealth:
+    """Whether a source's snapshot can be trusted to say what should *not* exist.
+
+    A source that could not be read (its directory is missing, say) knows nothing about which
+    pods are gone: its snapshot is empty or stale. Tearing volumes down on that basis deletes
+    the data of running pods, so the daemon unmounts nothing until the source is ``ok``.
+    """
+
+    name: str
+    synced: bool  # it has been read whole at least once
+    failed_since: float | None = None  # wall-clock time of the first failed read in a row
+    error: str | None = None  # why the last read failed
+    since: float | None = None  # when the current state began (the failure, the sync, the start)
+
+    @property
+    def state(self) -> str:
+        if self.failed_since is not None:
+            return FAILED
+        return SYNCED if self.synced else STARTING
+
+    @property
+    def ok(self) -> bool:
+        """Read whole, and the last read did not fail: its snapshot may remove pods."""
+        return self.synced and self.failed_since is None
+
+    def describe(self) -> str:
+        """One line for ``status`` and ``explain``."""
+        if self.state == FAILED:
+            return (f"{self.name} failed since {_iso(self.failed_since)}: {self.error}; "
+                    "nothing is torn down until it is read whole")
+        if self.state == STARTING:
+            return f"{self.name} has not been read whole yet; nothing is torn down until it is"
+        return f"{self.name} synced"
+
+    def to_dict(self) -> dict[str, Any]:
+        since = self.failed_since if self.failed_since is not None else self.since
+        return {"name": self.name, "state": self.state, "since": since, "error": self.error}
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "?"
+    return _dt.datetime.fromtimestamp(ts, _dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @runtime_checkable
@@ -19,7 +71,7 @@ class DesiredStateSource(Protocol):
 
     def start(self, on_change: Callable[[], None]) -> None:
         """Do the first full read, then begin watching; ``on_change`` is called (from any
-        thread) after each change of the snapshot."""
+        thread) after each change of the snapshot or of the health."""
         ...
 
     def stop(self) -> None:
@@ -36,5 +88,9 @@ class DesiredStateSource(Protocol):
 
     @property
     def synced(self) -> bool:
-        """True once the first full read is done."""
+        """True once the source has been read whole (a failed first read is not synced)."""
+        ...
+
+    def health(self) -> SourceHealth:
+        """Synced, failed (since when, why) or still starting; cheap."""
         ...

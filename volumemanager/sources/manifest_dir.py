@@ -33,7 +33,7 @@ from watchdog.observers import Observer
 from volumemanager.manifests.loader import is_manifest_name
 from volumemanager.manifests.models import Snapshot
 from volumemanager.manifests.store import ManifestStore
-from volumemanager.sources.base import DesiredStateSource
+from volumemanager.sources.base import DesiredStateSource, SourceHealth
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +43,14 @@ log = logging.getLogger(__name__)
 # re-reads those whose (inode, size, mtime, ctime) changed, so it is cheap; 30 s bounds how long
 # such a missed change can go unnoticed without costing anything measurable.
 RESCAN_INTERVAL = 30.0
+# While the directory cannot be read (missing, not a directory, unreadable) nothing is torn
+# down, so every second it stays unread delays the cleanup of pods removed meanwhile: retry
+# often. A failed listing costs one syscall.
+FAILED_RETRY_SECONDS = 1.0
+# A directory moved away or replaced gives no event the watch reports reliably; one stat this
+# often tells whether it is still the directory being watched, so status shows the failure
+# (and the replacement is read) within a second, not a rescan interval.
+DIR_CHECK_SECONDS = 1.0
 # A burst of events for one change (create, modify, close; or write temp + rename) arrives
 # within a millisecond or two; waiting this long after the last event turns it into one
 # re-read. It adds directly to the manifest-to-mount latency, so it is kept short.
@@ -96,6 +104,9 @@ class ManifestDirSource(DesiredStateSource):
         self._last_event = 0.0
         self._stopping = False
         self._synced = False
+        self._failed_since: float | None = None
+        self._health_lock = threading.Lock()
+        self._health = SourceHealth(self.name, False, None, None, time.time())
         self._on_change: Callable[[], None] | None = None
         self._thread: threading.Thread | None = None
         self._observer: Any = None
@@ -109,6 +120,9 @@ class ManifestDirSource(DesiredStateSource):
     @property
     def synced(self) -> bool:
         return self._synced
+
+    def health(self) -> SourceHealth:
+        return self._health
 
     @property
     def store(self) -> ManifestStore:
@@ -127,7 +141,7 @@ class ManifestDirSource(DesiredStateSource):
         self._observer.start()
         self._ensure_watch()
         self._store.rescan(force=True)
-        self._synced = True
+        self._update_health()
         snap = self._store.snapshot()
         log.info(
             "manifest dir %s read: %d pods, %d PVs, %d PVCs, %d secrets, %d errors",
@@ -155,6 +169,7 @@ class ManifestDirSource(DesiredStateSource):
     def resync(self) -> None:
         """Re-read every file now, regardless of its stat, then call on_change."""
         self._store.rescan(force=True)
+        self._update_health()
         self._ensure_watch()
         self._notify()
 
@@ -183,6 +198,7 @@ class ManifestDirSource(DesiredStateSource):
 
     def _run(self) -> None:
         next_rescan = time.monotonic() + self.rescan_interval
+        last_rescan = last_check = time.monotonic()
         while True:
             with self._cond:
                 while True:
@@ -190,6 +206,10 @@ class ManifestDirSource(DesiredStateSource):
                         return
                     now = time.monotonic()
                     due = next_rescan
+                    if self._failed_since is not None or not self._synced:
+                        due = min(due, last_rescan + FAILED_RETRY_SECONDS)
+                    else:
+                        due = min(due, last_check + DIR_CHECK_SECONDS)
                     if self._pending or self._pending_rescan:
                         due = min(
                             due,
@@ -204,19 +224,66 @@ class ManifestDirSource(DesiredStateSource):
                 self._pending_rescan = False
                 self._first_event = 0.0
                 periodic = now >= next_rescan
+                retry = (self._failed_since is not None or not self._synced) and now >= last_rescan + FAILED_RETRY_SECONDS
+                check = not retry and now >= last_check + DIR_CHECK_SECONDS
+            if check:
+                last_check = now
+                rescan = rescan or self._dir_replaced()
             changed = False
             try:
+                if paths and not os.path.isdir(self.directory):
+                    # The directory itself went away (rm -r, an unmounted /etc): the deletes
+                    # of its files are not removals of pods. The rescan records the failure
+                    # and keeps every object.
+                    paths, rescan = [], True
                 for path in paths:
                     changed |= self._store.update_file(path, force=True)
-                if rescan or periodic:
+                if rescan or periodic or retry:
                     changed |= self._store.rescan(force=False)
+                    last_rescan = time.monotonic()
                     self._ensure_watch()
+                changed |= self._update_health()
             except Exception:  # keep watching: the next event or rescan tries again
                 log.exception("re-reading manifest dir %s failed", self.directory)
             if periodic:
                 next_rescan = time.monotonic() + self.rescan_interval
             if changed:
                 self._notify()
+
+    def _dir_replaced(self) -> bool:
+        """Whether the directory is gone or is not the one being watched (one stat)."""
+        try:
+            st = os.stat(self.directory)
+        except OSError:
+            return True
+        with self._watch_lock:
+            return self._watch is not None and (st.st_dev, st.st_ino) != self._watched_inode
+
+    def _update_health(self) -> bool:
+        """Follow the store's verdict on the directory; log each change of state once.
+        Returns whether the health changed (the consumer must look again: the unmount gate)."""
+        error = self._store.dir_error()
+        now = time.time()
+        with self._health_lock:
+            old = self._health
+            if error is None:
+                if old.ok:
+                    return False
+                if old.failed_since is not None:
+                    log.info("manifest dir %s can be read again (it failed at %s); it is the desired state again",
+                             self.directory, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(old.failed_since)))
+                new = SourceHealth(self.name, True, None, None, now)
+            else:
+                if old.failed_since is not None and error == old.error:
+                    return False
+                if old.failed_since is None:
+                    log.warning("manifest dir %s cannot be read: %s; nothing is torn down until it is read whole "
+                                "(retrying every %.0f s)", self.directory, error, FAILED_RETRY_SECONDS)
+                since = old.failed_since if old.failed_since is not None else now
+                new = SourceHealth(self.name, old.synced, since, error, since)
+            self._health = new
+            self._synced, self._failed_since = new.synced, new.failed_since
+            return True
 
     def _notify(self) -> None:
         callback = self._on_change
