@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import logging
 import threading
-from typing import Callable, Mapping
+from dataclasses import dataclass
+from typing import Callable, Iterable, Mapping
 
 from operation_executor.plugin import PluginRegistry
 from operation_executor.types import PodRef, VolumeSpec, VolumeToMount
 from volumemanager.cache.desired_state import DesiredPod, DesiredStateOfWorld, UnresolvedVolume
 from volumemanager.manifests import models as m
+from volumemanager.sources.base import SourceHealth
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +50,66 @@ def _plugin_for_source(source: object) -> str:
     raise Unresolvable(f"unsupported volume source {type(source).__name__}")
 
 
-def resolve_volume(pod: m.Pod, vol: m.PodVolume, snap: m.Snapshot) -> VolumeSpec:
-    """The spec of one pod volume, or ``Unresolvable`` with the reason."""
+@dataclass(frozen=True)
+class HostPodVolume:
+    """One pod volume the node has (or may have) mounted: all the populator needs to know of
+    the actual state, to keep one pod's volumes from going to another pod or claim."""
+
+    pod_uid: str
+    pod_key: str | None  # "namespace/name"; None when unknown (found on disk at start)
+    pv_name: str | None = None
+    claim: str | None = None  # "namespace/name" of the claim it was mounted through
+
+
+# Reads the node's mounted pod volumes (the daemon: from the actual state of the world).
+HostVolumesReader = Callable[[], Iterable[HostPodVolume]]
+
+
+def _claim_order(pvc: m.PersistentVolumeClaim) -> tuple[bool, float, str, str]:
+    """Oldest first (claims without a creationTimestamp last), then namespace/name."""
+    return (pvc.created is None, pvc.created or 0.0, pvc.namespace, pvc.name)
+
+
+def bind_claims(
+    snap: m.Snapshot, holders: Callable[[], Mapping[str, str]] | None = None
+) -> tuple[dict[str, str], frozenset[str]]:
+    """Which one claim gets each PV that claims name: (PV name -> claim key, contested PVs).
+
+    Two pods must never share a ReadWriteOnce disk because two claims say the same
+    ``spec.volumeName``. A PV whose ``claimRef`` names a claim goes to that claim only;
+    otherwise, among the claims that name it, the one already holding it (``holders``:
+    PV name -> claim key, asked only when a PV is contested) keeps it, else the oldest, else
+    the first in namespace/name order -- the same answer whatever order the files are read in.
+    """
+    by_pv: dict[str, list[m.PersistentVolumeClaim]] = {}
+    for pvc in snap.pvcs.values():
+        if pvc.volume_name:
+            by_pv.setdefault(pvc.volume_name, []).append(pvc)
+    out: dict[str, str] = {}
+    contested: set[str] = set()
+    held: Mapping[str, str] | None = None
+    for pv_name, claims in by_pv.items():
+        pv = snap.pvs.get(pv_name)
+        if pv is not None and pv.claim_ref is not None:
+            out[pv_name] = f"{pv.claim_ref[0]}/{pv.claim_ref[1]}"
+            continue
+        if len(claims) == 1:
+            out[pv_name] = claims[0].key
+            continue
+        contested.add(pv_name)
+        if held is None:
+            held = holders() if holders is not None else {}
+        keys = {c.key for c in claims}
+        holder = held.get(pv_name)
+        out[pv_name] = holder if holder in keys else min(claims, key=_claim_order).key
+    return out, frozenset(contested)
+
+
+def resolve_volume(
+    pod: m.Pod, vol: m.PodVolume, snap: m.Snapshot, bindings: Mapping[str, str] | None = None
+) -> VolumeSpec:
+    """The spec of one pod volume, or ``Unresolvable`` with the reason. ``bindings`` (from
+    :func:`bind_claims`) says which claim gets each PV; None means it is computed here."""
     src = vol.source
     if not isinstance(src, m.PVCSource):
         plugin = _plugin_for_source(src)
@@ -73,8 +133,18 @@ def resolve_volume(pod: m.Pod, vol: m.PodVolume, snap: m.Snapshot) -> VolumeSpec
             waiting_for=f"persistentvolume {pvc.volume_name}",
         )
     if pv.claim_ref is not None and pv.claim_ref != (pvc.namespace, pvc.name):
+        ref = f"{pv.claim_ref[0]}/{pv.claim_ref[1]}"
         raise Unresolvable(
-            f"persistentvolume {pv.name} is reserved for claim {pv.claim_ref[0]}/{pv.claim_ref[1]}, not {claim_key}"
+            f"persistentvolume {pv.name} is bound to {ref} (its claimRef), not {claim_key}",
+            waiting_for=f"persistentvolume {pv.name} to be released by {ref}",
+        )
+    if bindings is None:
+        bindings = bind_claims(snap)[0]
+    owner = bindings.get(pv.name, claim_key)
+    if owner != claim_key:
+        raise Unresolvable(
+            f"persistentvolume {pv.name} is bound to {owner}",
+            waiting_for=f"persistentvolume {pv.name} to be released by {owner}",
         )
     claim_mode = pvc.volume_mode or m.FILESYSTEM
     if claim_mode != pv.volume_mode:
@@ -97,13 +167,17 @@ def resolve_volume(pod: m.Pod, vol: m.PodVolume, snap: m.Snapshot) -> VolumeSpec
     )
 
 
-def resolve_pod(pod: m.Pod, snap: m.Snapshot, plugins: PluginRegistry) -> DesiredPod:
+def resolve_pod(
+    pod: m.Pod, snap: m.Snapshot, plugins: PluginRegistry, bindings: Mapping[str, str] | None = None
+) -> DesiredPod:
     ref = PodRef(pod.uid, pod.namespace, pod.name)
     resolved: list[VolumeToMount] = []
     unresolved: list[UnresolvedVolume] = []
+    if bindings is None and any(isinstance(v.source, m.PVCSource) for v in pod.volumes):
+        bindings = bind_claims(snap)[0]
     for vol in pod.volumes:
         try:
-            spec = resolve_volume(pod, vol, snap)
+            spec = resolve_volume(pod, vol, snap, bindings)
             try:
                 plugin = plugins.find(spec.plugin_name)
             except KeyError:
@@ -123,6 +197,28 @@ def resolve_pod(pod: m.Pod, snap: m.Snapshot, plugins: PluginRegistry) -> Desire
     return DesiredPod(ref, tuple(resolved), tuple(unresolved), source=str(pod.origin))
 
 
+def refused_pod(pod: m.Pod, owner: str) -> DesiredPod:
+    """The desired entry of a pod whose UID is still in use on this node by another pod: none
+    of its volumes is resolved, so it inherits nothing, and each says why (``explain``)."""
+    reason = (f"pod UID {pod.uid} is still in use on this node by pod {owner}; "
+              f"pod {pod.key} gets no volume until {owner}'s volumes are torn down")
+    waiting = f"the volumes of pod {owner} (uid {pod.uid}) to be torn down"
+    return DesiredPod(
+        PodRef(pod.uid, pod.namespace, pod.name), (),
+        tuple(UnresolvedVolume(v.name, None, reason, waiting) for v in pod.volumes),
+        source=str(pod.origin),
+    )
+
+
+def source_health(source) -> SourceHealth:
+    """The source's health; a source without ``health()`` is ok once ``synced``."""
+    health = getattr(source, "health", None)
+    if callable(health):
+        return health()
+    synced = bool(getattr(source, "synced", True))
+    return SourceHealth(getattr(source, "name", type(source).__name__), synced)
+
+
 def _same_objects(old: Mapping, new: Mapping) -> bool:
     """Whether two snapshot maps hold the very same objects under the same keys."""
     return len(old) == len(new) and all(old.get(k) is v for k, v in new.items())
@@ -137,11 +233,13 @@ class DesiredStatePopulator:
         dsw: DesiredStateOfWorld,
         plugins: PluginRegistry,
         on_volumes_changed: Callable[[set[str]], None],
+        host_volumes: HostVolumesReader | None = None,
     ) -> None:
         self.source = source
         self._dsw = dsw
         self._plugins = plugins
         self._on_volumes_changed = on_volumes_changed
+        self._host_volumes = host_volumes
         self._lock = threading.Lock()
         self._generation: int | None = None
         self._snapshot: m.Snapshot = m.Snapshot.empty()
@@ -151,6 +249,13 @@ class DesiredStatePopulator:
         # volume) is the one resolved last time needs no work: a change costs in proportion
         # to what changed, not to the number of pods.
         self._resolved_from: dict[str, m.Pod] = {}
+        # PV -> the claim that gets it, and the PVs more than one claim names.
+        self._bindings: dict[str, str] = {}
+        self._contested: frozenset[str] = frozenset()
+        # Pods held back by the node's actual state (their UID still in use by another pod,
+        # or a PV still held by another claim): re-resolved on every sync and recheck.
+        self._recheck: set[str] = set()
+        self._refused: dict[str, str] = {}  # uid -> the pod key still using it (logged once)
 
     def start(self) -> None:
         self.source.start(self.sync)
@@ -159,42 +264,115 @@ class DesiredStatePopulator:
     def stop(self) -> None:
         self.source.stop()
 
+    def source_healths(self) -> list[SourceHealth]:
+        """One entry per desired-state source (one today)."""
+        return [source_health(self.source)]
+
     @property
     def has_added_pods(self) -> bool:
-        """True once the source's first full read has reached the DSW: before that nothing
-        may be unmounted, or a restart would tear down volumes of running pods."""
-        return self._populated
+        """True once a snapshot of a source read whole has reached the DSW, and the source is
+        not failed now: before that nothing may be unmounted, or a restart (or a manifest dir
+        that went missing) would tear down the volumes of running pods."""
+        return self._populated and source_health(self.source).ok
+
+    @property
+    def needs_recheck(self) -> bool:
+        """Some pod waits for the node to release a UID or a PV: look again after unmounts."""
+        return bool(self._recheck)
 
     @property
     def snapshot(self) -> m.Snapshot:
         return self._snapshot
 
-    def sync(self, force: bool = False) -> set[str]:
+    def sync(self, force: bool = False, recheck: bool = False) -> set[str]:
+        """Bring the DSW up to the source's snapshot. ``recheck``: the actual state changed
+        (an unmount finished), so the pods held back by it are looked at again."""
         with self._lock:
+            healthy = source_health(self.source).ok  # before the snapshot: it then covers the read
             snap = self.source.snapshot()
-            if not force and snap.generation == self._generation:
-                if self.source.synced:
+            if not force and not recheck and snap.generation == self._generation:
+                if healthy:
                     self._populated = True
                 return set()
             changed: set[str] = set()
-            # Resolution reads the pod, the claims and the volumes (never another pod).
-            reuse = (not force and _same_objects(self._snapshot.pvcs, snap.pvcs)
-                     and _same_objects(self._snapshot.pvs, snap.pvs))
+            gone = self._dsw.pod_uids() - set(snap.pods)
+            if gone:
+                volumes = 0
+                for uid in gone:
+                    dp = self._dsw.get_pod(uid)
+                    volumes += len(dp.volumes) if dp is not None else 0
+                    changed |= self._dsw.remove_pod(uid)
+                    self._resolved_from.pop(uid, None)
+                    self._recheck.discard(uid)
+                    self._refused.pop(uid, None)
+                log.info("%d pods are gone from %s: %d volumes of %d pods will be torn down",
+                         len(gone), getattr(self.source, "name", "the source"), volumes, len(gone),
+                         extra={"pods": len(gone), "volumes": volumes})
+            same_claims = (not force and _same_objects(self._snapshot.pvcs, snap.pvcs)
+                           and _same_objects(self._snapshot.pvs, snap.pvs))
+            old_bindings = self._bindings
+            if not same_claims or self._contested:
+                self._bindings, self._contested = bind_claims(snap, self._pv_holders)
+            # Resolution reads the pod, the claims and the volumes (never another pod), and
+            # the bindings, which are the same unless a claim or volume changed.
+            reuse = same_claims and self._bindings == old_bindings
+            host_owners: dict[str, str] | None = None
             for uid, pod in snap.pods.items():
-                if reuse and self._resolved_from.get(uid) is pod:
+                if reuse and uid not in self._recheck and self._resolved_from.get(uid) is pod:
                     continue
-                changed |= self._dsw.set_pod(resolve_pod(pod, snap, self._plugins))
+                owner = None
+                old = self._dsw.get_pod(uid)
+                if old is None or old.pod.key != pod.key or uid in self._refused:
+                    if host_owners is None:
+                        host_owners = self._host_owners()
+                    owner = host_owners.get(uid)
+                if owner is not None and owner != pod.key:
+                    desired = refused_pod(pod, owner)
+                    if self._refused.get(uid) != owner:
+                        log.warning("pod %s refused: its UID %s is still in use on this node by pod %s; "
+                                    "it gets no volume until those are torn down", pod.key, uid, owner)
+                    self._refused[uid] = owner
+                    self._recheck.add(uid)
+                else:
+                    if self._refused.pop(uid, None) is not None:
+                        log.info("pod %s: UID %s is free now", pod.key, uid)
+                    desired = resolve_pod(pod, snap, self._plugins, self._bindings)
+                    if any(u.reason.startswith("persistentvolume ") and " is bound to " in u.reason
+                           for u in desired.unresolved):
+                        self._recheck.add(uid)
+                    else:
+                        self._recheck.discard(uid)
+                changed |= self._dsw.set_pod(desired)
                 self._resolved_from[uid] = pod
-            for uid in self._dsw.pod_uids() - set(snap.pods):
-                changed |= self._dsw.remove_pod(uid)
-                self._resolved_from.pop(uid, None)
             self._snapshot = snap
             self._generation = snap.generation
-            if self.source.synced:
+            if healthy:
                 self._populated = True
         if changed:
             self._on_volumes_changed(changed)
         return changed
+
+    def _read_host(self) -> list[HostPodVolume]:
+        if self._host_volumes is None:
+            return []
+        return list(self._host_volumes())
+
+    def _host_owners(self) -> dict[str, str]:
+        """uid -> "namespace/name" of the pod whose volumes the node has mounted under it
+        (volumes found on disk with no known pod do not count)."""
+        return {v.pod_uid: v.pod_key for v in self._read_host() if v.pod_key}
+
+    def _pv_holders(self) -> dict[str, str]:
+        """PV -> the claim holding it: mounted through it on the node, else resolved through it
+        in the desired state. Asked only when two claims name one PV."""
+        held: dict[str, str] = {}
+        for vtm in self._dsw.volumes_to_mount():
+            if vtm.spec.pv_name and vtm.spec.claim:
+                held.setdefault(vtm.spec.pv_name, vtm.spec.claim)
+        for v in self._read_host():
+            if v.pv_name and v.claim:
+                held[v.pv_name] = v.claim
+        return held
 
     def get_secret(self, ref):
         secret = self._snapshot.secret(ref)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as _dt
 import posixpath
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -636,8 +637,31 @@ def _parse_pv(c: _Checker, doc: dict[str, Any], origin: Origin) -> PersistentVol
     )
 
 
+def _creation_timestamp(c: _Checker, meta: dict[str, Any]) -> float | None:
+    """``metadata.creationTimestamp`` as seconds since the epoch: an RFC 3339 string (YAML may
+    already have made it a datetime); a time without a zone is UTC, as in Kubernetes."""
+    value = meta.get("creationTimestamp")
+    if value is None:
+        return None
+    when: _dt.datetime | None = None
+    if isinstance(value, _dt.datetime):
+        when = value
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            when = _dt.datetime.fromisoformat(value.strip().replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            when = None
+    if when is None:
+        c.error("metadata.creationTimestamp", "must be an RFC 3339 time such as 2024-05-01T12:00:00Z")
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=_dt.timezone.utc)
+    return when.timestamp()
+
+
 def _parse_pvc(c: _Checker, doc: dict[str, Any], origin: Origin) -> PersistentVolumeClaim | None:
-    name, namespace, _ = _metadata(c, doc, namespaced=True)
+    name, namespace, meta = _metadata(c, doc, namespaced=True)
+    created = _creation_timestamp(c, meta)
     spec = c.mapping(doc.get("spec"), "spec") or {}
     volume_name = c.name_field(spec, "volumeName", "spec", names.subdomain_problem, required=False)
     volume_mode = c.one_of(spec, "volumeMode", "spec", VOLUME_MODES, None)
@@ -645,7 +669,7 @@ def _parse_pvc(c: _Checker, doc: dict[str, Any], origin: Origin) -> PersistentVo
     if c.errors or name is None or namespace is None:
         return None
     assert access_modes is not None
-    return PersistentVolumeClaim(namespace, name, volume_name, volume_mode, access_modes, origin)
+    return PersistentVolumeClaim(namespace, name, volume_name, volume_mode, access_modes, origin, created)
 
 
 def _parse_secret(c: _Checker, doc: dict[str, Any], origin: Origin) -> Secret | None:

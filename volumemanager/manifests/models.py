@@ -173,6 +173,9 @@ class PersistentVolumeClaim:
     volume_mode: str | None  # None = not given (Filesystem)
     access_modes: tuple[str, ...]
     origin: Origin
+    # metadata.creationTimestamp (seconds since the epoch), if given: when two claims name
+    # the same PV, the older one gets it.
+    created: float | None = None
 
     kind = KIND_PVC
 
