@@ -18,6 +18,8 @@ Executor refusals (``AlreadyPendingError``, ``BackoffError``) are expected resul
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 
 class OperationError(Exception):
     """Base of every failure an operation reports.
@@ -25,12 +27,17 @@ class OperationError(Exception):
     ``code`` is a short machine-readable cause (a gRPC status name such as
     ``DEADLINE_EXCEEDED``, or one of our own such as ``DEVICE_NOT_FOUND``); ``message`` is
     the human sentence shown by ``status`` and ``explain``. Neither may contain secrets.
+
+    ``holders`` are the processes that keep the volume busy (``mount_utils.holders.Holder``,
+    each with ``to_dict()``), when the failure is "in use": a typed field, so that ``status``
+    and ``explain`` can name them without parsing the message.
     """
 
-    def __init__(self, message: str, code: str | None = None) -> None:
+    def __init__(self, message: str, code: str | None = None, *, holders: Sequence[Any] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.code = code
+        self.holders = tuple(holders)
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.code else self.message

@@ -53,6 +53,8 @@ class VolumeRow:
     in_progress: str | None = None
     reason: str | None = None  # why an unresolved volume cannot be mounted
     size_bytes: int | None = None  # the filesystem's size after the last online expansion
+    # The processes keeping the volume busy ({pid, command, holds}) when the last error is "in use".
+    holders: list[dict] | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -77,6 +79,8 @@ def _apply_result(row: VolumeRow, result: OperationResult | None) -> None:
     row.error_since = result.since
     if isinstance(err, WaitingError):
         row.waiting_for = err.waiting_for
+    holders = getattr(err, "holders", ())
+    row.holders = [h.to_dict() for h in holders] if holders else None
 
 
 def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: OperationExecutor) -> list[VolumeRow]:
@@ -139,6 +143,7 @@ def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: Operati
         row.state = MOUNTED
         row.last_error = row.error_code = row.error_operation = row.error_since = row.waiting_for = None
         row.next_retry_seconds = None
+        row.holders = None
     elif pod_state is VolumeMountState.UNCERTAIN:
         row.state = UNCERTAIN
     elif row.in_progress:
@@ -171,7 +176,7 @@ def explain_row(row: VolumeRow, drivers: set[str] | None = None) -> list[str]:
         lines.append(f"not mounted: {row.reason}")
         return lines
     if row.state == UNMOUNTING:
-        lines.append(f"no longer desired; being unmounted from {row.mount_path}")
+        lines.append(f"not desired any more: being torn down (unmounting {row.mount_path})")
     elif row.state == UNCERTAIN:
         lines.append(f"possibly mounted at {row.mount_path}: the last attempt's outcome is unknown; retrying")
     else:
@@ -188,11 +193,17 @@ def explain_row(row: VolumeRow, drivers: set[str] | None = None) -> list[str]:
             lines.append(f"waiting for {wf}{_ago(row.error_since)}")
     elif row.last_error is not None:
         lines.append(f"last error from {row.error_operation}: {row.last_error}{_ago(row.error_since)}")
+    lines.extend(holder_lines(row.holders))
     if row.in_progress:
         lines.append(f"operation {row.in_progress} in progress")
     elif row.next_retry_seconds:
         lines.append(f"next retry in {row.next_retry_seconds:.1f} s")
     return lines
+
+
+def holder_lines(holders: list[dict] | None) -> list[str]:
+    """``busy: held by pid 1234 (sleep): cwd /var/lib/.../cache`` for each holder."""
+    return [f"busy: held by pid {h['pid']} ({h['command']}): {', '.join(h['holds'])}" for h in holders or ()]
 
 
 def find_orphans(root_dir: str, table, known_paths: set[str]) -> list[dict]:

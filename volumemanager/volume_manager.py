@@ -8,6 +8,7 @@ The public surface is what the daemon and the admin API need: ``start``/``stop``
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Callable
@@ -97,6 +98,10 @@ class VolumeManager:
             self.dsw, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
         )
         self.executor.add_completion_callback(_log_outcome)
+        # No skeletons: empty pod directories go after a pod's tear-down, and once at start.
+        self.executor.add_completion_callback(self._remove_skeleton_after)
+        self._skeletons_swept = False
+        self.reconciler.on_pass.append(lambda secs, n: self._sweep_skeletons_once())
         self.metrics = metrics
         if metrics is not None:
             self.executor.add_completion_callback(self._record_metrics)
@@ -119,6 +124,31 @@ class VolumeManager:
 
     def _ready_to_unmount(self) -> bool:
         return self.populator.has_added_pods and self._reconstructed
+
+    def _remove_skeleton_after(self, outcome: OperationOutcome) -> None:
+        """After a successful tear-down for a pod that is not desired: rmdir its empty dirs."""
+        from operation_executor.generator import UNMOUNT_VOLUME
+        from volumemanager.pod_dirs import remove_pod_skeleton
+
+        uid = outcome.key.pod_uid
+        if outcome.operation != UNMOUNT_VOLUME or outcome.error is not None or not uid:
+            return
+        if self.dsw.find_pod(uid) is None:
+            remove_pod_skeleton(self.host.pods_dir, uid, self.mounter.is_mount_point)
+
+    def _sweep_skeletons_once(self) -> None:
+        """Skeletons an earlier run left: removed after the first pass that may unmount, i.e.
+        never before the desired state has been read (a desired pod keeps its dirs)."""
+        if self._skeletons_swept or not self._ready_to_unmount():
+            return
+        self._skeletons_swept = True
+        from volumemanager.pod_dirs import sweep_pod_skeletons
+
+        try:
+            sweep_pod_skeletons(self.host.pods_dir, lambda uid: self.dsw.find_pod(uid) is not None,
+                                self.mounter.is_mount_point)
+        except OSError as e:
+            log.warning("could not remove empty pod directories: %s", e)
 
     def _record_metrics(self, outcome: OperationOutcome) -> None:
         from operation_executor.errors import is_uncertain
@@ -252,7 +282,7 @@ class VolumeManager:
         """(exit code, explanation): 0 all mounted, 1 not mounted, 2 no such pod/volume."""
         dp = self.dsw.find_pod(pod_key)
         if dp is None:
-            return 2, {"pod": pod_key, "found": False, "lines": [f"no pod {pod_key} in the desired state"]}
+            return self._explain_not_desired(pod_key, volume)
         rows = [r for r in self.rows() if r.pod_uid == dp.pod.uid and r.desired]
         if volume is not None:
             rows = [r for r in rows if r.volume == volume]
@@ -266,6 +296,29 @@ class VolumeManager:
         all_mounted = all(r.state == st.MOUNTED for r in rows)
         return (0 if all_mounted else 1), {"pod": pod_key, "found": True, "volumes": out, "lines": out_lines,
                                             "source": dp.source}
+
+    def _explain_not_desired(self, pod_key: str, volume: str | None) -> tuple[int, dict]:
+        """A pod that is not (any more) desired but still has volumes on the host: being torn
+        down, maybe blocked by a process that holds a volume. By "namespace/name", or by UID
+        (after a restart the actual state knows such a pod only by its UID). 2 only when
+        nothing of the pod is left on the host."""
+        rows = [r for r in self.rows() if not r.desired and pod_key in (r.pod, r.pod_uid)]
+        if volume is not None:
+            rows = [r for r in rows if r.volume == volume]
+        if not rows:
+            pod_dir = self.host.pod_dir(pod_key)
+            if volume is None and "/" not in pod_key and pod_key not in (".", "..") and os.path.isdir(pod_dir):
+                return 1, {"pod": pod_key, "found": True, "desired": False, "volumes": [], "lines": [
+                    f"pod {pod_key} is not desired and has no volumes; its directory {pod_dir} is still on the host "
+                    "(removed once empty)"]}
+            what = f"no volume {volume} of pod {pod_key}" if volume is not None else f"no pod {pod_key}"
+            return 2, {"pod": pod_key, "found": False,
+                       "lines": [f"{what} in the desired state, and none of its volumes on the host"]}
+        drivers = {d.name for d in self.drivers.list()}
+        out = [{"volume": r.volume, "state": r.state, "lines": st.explain_row(r, drivers), "row": r.to_dict()}
+               for r in rows]
+        return 1, {"pod": pod_key, "found": True, "desired": False, "volumes": out,
+                   "lines": [f"pod {pod_key} is not desired any more: its volumes are being torn down"]}
 
     def plan(self) -> list[dict]:
         return [a.to_dict() for a in self.reconciler.plan()]

@@ -35,7 +35,13 @@ def test_examples_manifest_dir_as_a_whole():
     sources = {v.name: v.source for v in web.volumes}
     assert EmptyDirSource("Memory", 64 * 1024 * 1024) in sources.values()
     assert EmptyDirSource("", None) in sources.values()
-    assert HostPathSource("/tmp/volumemanager-example/data", "DirectoryOrCreate") in sources.values()
+    # Nothing the demo creates outside the root dir: the hostPath must already exist.
+    assert HostPathSource("/var/log", "Directory") in sources.values()
+    db = snap.pod_by_key("demo/db")
+    assert db is not None and db.volumes[0].source.claim_name == "data"
+    # The claim waits for the PV that examples/demo-disk.sh writes; the tour shows it waiting.
+    assert snap.pvcs[("demo", "data")].volume_name == "demo-disk"
+    assert "demo-disk" not in snap.pvs
 
 
 def test_more_examples_as_a_whole():
@@ -43,7 +49,20 @@ def test_more_examples_as_a_whole():
     store.rescan()
     snap = store.snapshot()
     assert snap.errors == ()
-    pvc = snap.pvcs[("demo", "data")]
+    pvc = snap.pvcs[("demo", "files")]
     assert pvc.volume_name in snap.pvs
-    pod = snap.pod_by_key("demo/db")
-    assert pod.volumes[0].source.claim_name == "data"
+    pod = snap.pod_by_key("demo/fileserver")
+    assert pod.volumes[0].source.claim_name == "files"
+
+
+def test_more_examples_do_not_clash_with_the_manifest_dir():
+    """examples/more/ is meant to be copied into examples/manifests/: no object in both."""
+    snaps = []
+    for sub in ("manifests", "more"):
+        store = ManifestStore(str(EXAMPLES / sub))
+        store.rescan()
+        snaps.append(store.snapshot())
+    a, b = snaps
+    assert not set(a.pvcs) & set(b.pvcs)
+    assert not set(a.pvs) & set(b.pvs)
+    assert not {p.key for p in a.pods.values()} & {p.key for p in b.pods.values()}

@@ -25,7 +25,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any, Mapping
 
-from operation_executor.errors import FinalError, UncertainError, WaitingError
+from operation_executor.errors import FinalError, OperationError, UncertainError, WaitingError
 from operation_executor.plugin import PluginHost, VolumePlugin
 from operation_executor.types import BLOCK, PodRef, SecretRef, VolumeSpec
 from volumemanager.csi.registry import DriverInfo, DriverRegistry
@@ -365,12 +365,35 @@ class CSIPlugin(VolumePlugin):
         handle = (data or {}).get("volumeHandle") or self._handle(spec, pod)
         _, client = self._driver(driver)
         try:
-            client.node_unpublish_volume(handle, mount_path)
-        except FinalError as err:
-            if err.code != "NOT_FOUND":
-                raise
-            log.info("NodeUnpublishVolume of %s at %s: NOT_FOUND, treating as unpublished", handle, mount_path)
-        self._cleanup_pod_dir(spec, mount_path, data_path, remove_target=True)
+            try:
+                client.node_unpublish_volume(handle, mount_path)
+            except FinalError as err:
+                if err.code != "NOT_FOUND":
+                    raise
+                log.info("NodeUnpublishVolume of %s at %s: NOT_FOUND, treating as unpublished", handle, mount_path)
+            self._cleanup_pod_dir(spec, mount_path, data_path, remove_target=True)
+        except OperationError as err:
+            self._name_holders(err, mount_path)
+            raise
+
+    def _name_holders(self, err: OperationError, target: str) -> None:
+        """A driver that cannot unmount a busy target says so in its own words: when the
+        target is still mounted, add the processes holding it to the error for status."""
+        if err.holders or isinstance(err, WaitingError):
+            return
+        try:
+            if not self._is_mount_point(target):
+                return
+        except OSError:
+            return
+        from volumemanager.plugins.fsutil import holders_of
+
+        holders = holders_of(target)
+        if holders:
+            from mount_utils.holders import describe_holders
+
+            err.holders = holders
+            err.message = f"{err.message}; held by {describe_holders(holders)}"
 
     def _cleanup_pod_dir(self, spec: VolumeSpec, target: str, data_path: str | None, remove_target: bool) -> None:
         if os.path.lexists(target):

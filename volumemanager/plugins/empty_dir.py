@@ -6,16 +6,20 @@ tmpfs sized by ``sizeLimit``. Per-pod, no staging.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from mount_utils.cleanup import cleanup_mount_point, remove_empty_dirs
+from mount_utils.holders import scan_holders
 from mount_utils.mounter import MountError
 from mount_utils.paths import safe_makedirs
 from operation_executor.errors import FinalError, UncertainError
 from operation_executor.executor import QUICK_LANE
 from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
-from volumemanager.plugins.fsutil import TreeRemovalRefused, remove_tree_one_filesystem
+from volumemanager.plugins.fsutil import TreeRemovalRefused, busy_message, remove_tree_one_filesystem, teardown_error
+
+log = logging.getLogger(__name__)
 
 EMPTY_DIR_PLUGIN = "kubernetes.io/empty-dir"
 # kubelet creates emptyDir volumes world-writable: the pod's processes may run as any user.
@@ -50,14 +54,33 @@ class EmptyDirPlugin(VolumePlugin):
             raise FinalError(str(e), code="MOUNT_FAILED") from e
 
     def tear_down(self, spec: VolumeSpec, pod: PodRef, outer_name: str, mount_path: str) -> None:
+        """Unmount the tmpfs, or delete the on-disk scratch dir, unless a process still uses
+        it: then nothing is deleted and the error (code BUSY) names who holds it. The retry
+        comes with the executor's backoff; a lazy unmount or a delete under a running process
+        would destroy data the process still works on."""
         mounter = self.host.mounter
         try:
             if os.path.lexists(mount_path) and mounter.is_mount_point(mount_path):
                 cleanup_mount_point(mount_path, mounter)
             else:
+                self._refuse_if_held(mount_path)
                 remove_tree_one_filesystem(mount_path)
+        except UncertainError:
+            raise
         except TreeRemovalRefused as e:
             raise UncertainError(f"cannot remove emptyDir {mount_path}: {e.strerror}: {e.filename}", code="BUSY") from e
         except OSError as e:
-            raise UncertainError(f"cannot tear down {mount_path}: {e}", code="UNMOUNT_FAILED") from e
+            raise teardown_error(mount_path, e, f"cannot tear down {mount_path}") from e
         remove_empty_dirs(os.path.dirname(mount_path), os.path.join(self.host.root_dir, "pods"))
+
+    def _refuse_if_held(self, path: str) -> None:
+        if not os.path.lexists(path):
+            return
+        scan = scan_holders(path)
+        if scan.holders:
+            holders = tuple(scan.holders)
+            raise UncertainError(busy_message(f"not deleting emptyDir {path}", "in use", holders), code="BUSY",
+                                 holders=holders)
+        if not scan.complete:
+            log.warning("looking for processes using %s stopped after %d processes; deleting it anyway",
+                        path, scan.scanned)

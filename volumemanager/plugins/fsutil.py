@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import errno
+import logging
 import os
 import stat
+
+from mount_utils.holders import Holder, describe_holders, find_holders
+from operation_executor.errors import UncertainError
+
+log = logging.getLogger(__name__)
 
 
 class TreeRemovalRefused(OSError):
@@ -47,3 +53,33 @@ def _remove_dir_contents(path: str, dev: int) -> None:
                 os.unlink(entry.name, dir_fd=fd)
     finally:
         os.close(fd)
+
+
+def holders_of(path: str) -> tuple[Holder, ...]:
+    """The processes holding ``path``; () when the scan itself fails (it only explains)."""
+    try:
+        return tuple(find_holders(path))
+    except Exception as e:  # noqa: BLE001 - a failed scan must not hide the real error
+        log.warning("could not look for processes using %s: %s", path, e)
+        return ()
+
+
+def is_busy(err: BaseException) -> bool:
+    """An unmount or removal refused because the path is in use (EBUSY)."""
+    return isinstance(err, OSError) and err.errno == errno.EBUSY
+
+
+def teardown_error(path: str, err: BaseException, what: str) -> UncertainError:
+    """The error for a failed tear-down of ``path``: a busy one (EBUSY) gets code ``BUSY`` and
+    names the processes holding the path, so ``status``/``explain`` can show them; it stays
+    uncertain, so the executor retries it with backoff (never a lazy unmount)."""
+    if not is_busy(err):
+        return UncertainError(f"{what}: {err}", code="UNMOUNT_FAILED")
+    holders = holders_of(path)
+    return UncertainError(busy_message(what, str(err), holders), code="BUSY", holders=holders)
+
+
+def busy_message(what: str, reason: str, holders: tuple[Holder, ...]) -> str:
+    if holders:
+        return f"{what}: {reason}: held by {describe_holders(holders)}"
+    return f"{what}: {reason} (no process found holding it; retrying)"

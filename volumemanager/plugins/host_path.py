@@ -14,9 +14,10 @@ import stat
 from mount_utils.cleanup import cleanup_mount_point, remove_empty_dirs
 from mount_utils.mounter import MountError
 from mount_utils.paths import safe_create_file, safe_makedirs
-from operation_executor.errors import FinalError, UncertainError, WaitingError
+from operation_executor.errors import FinalError, WaitingError
 from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
+from volumemanager.plugins.fsutil import teardown_error
 
 HOST_PATH_PLUGIN = "kubernetes.io/host-path"
 
@@ -100,5 +101,5 @@ class HostPathPlugin(VolumePlugin):
         try:
             cleanup_mount_point(mount_path, self.host.mounter)
         except OSError as e:
-            raise UncertainError(f"cannot tear down {mount_path}: {e}", code="UNMOUNT_FAILED") from e
+            raise teardown_error(mount_path, e, f"cannot tear down {mount_path}") from e
         remove_empty_dirs(os.path.dirname(mount_path), os.path.join(self.host.root_dir, "pods"))

@@ -287,8 +287,10 @@ class LocalPlugin(VolumePlugin):
         try:
             cleanup_mount_point(mount_path, self.host.mounter)
         except OSError as err:
-            raise UncertainError(f"tearing down local PV {spec.name} at {mount_path}: {err}",
-                                 code="UNMOUNT_FAILED") from None
+            # EBUSY names the processes holding the view (code BUSY); retried with backoff.
+            from volumemanager.plugins.fsutil import teardown_error
+
+            raise teardown_error(mount_path, err, f"tearing down local PV {spec.name} at {mount_path}") from None
 
     def _mounted_or_unknown(self, path: str) -> bool:
         try:

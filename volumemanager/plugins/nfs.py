@@ -35,6 +35,7 @@ from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
 from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs, run_bounded, stats_from_statvfs
 from volumemanager.plugins import netprobe
+from volumemanager.plugins.fsutil import teardown_error
 
 log = logging.getLogger(__name__)
 
@@ -234,8 +235,8 @@ class NFSPlugin(VolumePlugin):
         except UncertainError:
             raise
         except Exception as err:
-            raise UncertainError(f"unmounting NFS volume at {mount_path} failed: {err}",
-                                 code="UNMOUNT_FAILED") from None
+            # EBUSY names the holders, found from /proc alone (never a stat on the NFS mount).
+            raise teardown_error(mount_path, err, f"unmounting NFS volume at {mount_path} failed") from None
 
     # --- optional capabilities ------------------------------------------------------------
 
