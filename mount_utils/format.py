@@ -140,7 +140,9 @@ def _detail(proc: subprocess.CompletedProcess[str]) -> str:
 def probe(device: str) -> DiskFormat:
     """What is on `device`, by low-level probing (``blkid -p``, bypassing the blkid cache).
 
-    Exit 2 means nothing was found (blank). Exit 0 with neither TYPE nor PTTYPE is reported as
+    Exit 2 means blkid found nothing it knows, which is *not* proof of a blank device (it also
+    means blkid could not open it, and unknown data looks like nothing): deciding to format is
+    `mount_utils.blank.inspect_device`'s job, never this function's. Exit 0 with neither TYPE nor PTTYPE is reported as
     ``fs_type="unknown"`` so callers never take it for blank. Anything else raises FormatError.
     """
     # blkid also exits 2 for a missing path: check first, or a vanished device looks blank.

@@ -94,9 +94,15 @@ class VolumeManager:
         self.generator = OperationGenerator(self.plugins, self.asw, journal)
         self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed)
         self.host.set_secret_lookup(self.populator.get_secret)
+        from volumemanager.drain import DrainController
+
+        # The reconciler reads the desired state through the drain's view: empty while drained.
+        self.drain = DrainController(self.dsw, self.asw, self.executor, self.host.pods_dir,
+                                     self.mounter.is_mount_point)
         self.reconciler = Reconciler(
-            self.dsw, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
+            self.drain.desired_view, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
         )
+        self.drain.attach(self.reconciler, self._ready_to_unmount)
         self.executor.add_completion_callback(_log_outcome)
         # No skeletons: empty pod directories go after a pod's tear-down, and once at start.
         self.executor.add_completion_callback(self._remove_skeleton_after)
@@ -262,12 +268,14 @@ class VolumeManager:
     def status(self) -> dict:
         table = self.mounter.mount_table()
         snap = self.populator.snapshot
+        orphans = st.find_orphans(self.config.root_dir, table, self.known_mount_paths())
         return {
             "node": self.config.node_name,
             "source": "daemon",
             "root_dir": self.config.root_dir,
             "volumes": [r.to_dict() for r in self.rows()],
-            "orphans": st.find_orphans(self.config.root_dir, table, self.known_mount_paths()),
+            "orphans": orphans,
+            "drained": self.drain.progress(orphans),
             "drivers": [_driver_dict(d) for d in self.drivers.list()],
             "manifest_errors": [e.to_dict() for e in snap.errors],
             "interrupted_at_start": list(self.interrupted_at_start),
@@ -293,6 +301,9 @@ class VolumeManager:
         for r in rows:
             out.append({"volume": r.volume, "state": r.state, "lines": st.explain_row(r, drivers), "row": r.to_dict()})
         out_lines = [] if rows else [f"pod {pod_key} has no volumes"]
+        drained = self.drain.explain_line()
+        if drained is not None:
+            out_lines.insert(0, drained)
         all_mounted = all(r.state == st.MOUNTED for r in rows)
         return (0 if all_mounted else 1), {"pod": pod_key, "found": True, "volumes": out, "lines": out_lines,
                                             "source": dp.source}
