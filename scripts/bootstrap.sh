@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything volumemanager and its tests need on a fresh Debian machine, as root:
 # the system tools it drives (mkfs, blkid, losetup, udev, systemd-analyze) and a venv in .venv
-# with the package (editable) and its test extras. Safe to run again.
+# with the package (editable) and its test extras. Safe to run again; quiet unless it fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -13,7 +13,14 @@ done
 if [ "${#missing[@]}" -gt 0 ]; then
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  # policy-rc.d keeps udev from being started by its postinst; tests start udevd themselves.
+  # A policy-rc.d that exits 101 keeps the packages' postinst scripts (udev's above all) from
+  # starting services; tests start udevd themselves. One that already exists is left alone.
+  POLICY=/usr/sbin/policy-rc.d
+  if [ ! -e "$POLICY" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$POLICY"
+    chmod 755 "$POLICY"
+    trap 'rm -f "$POLICY"' EXIT
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
@@ -21,5 +28,9 @@ PY=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PY" -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip >/dev/null
-.venv/bin/python -m pip install -q -e '.[test]'
+.venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
+# setuptools announces every editable install of a flat layout with an "Editable installation"
+# warning banner (a reminder that folders named like the package take precedence); it is
+# information only, so that one warning is filtered by its message and nothing else is.
+PYTHONWARNINGS="ignore:Editable installation" \
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -115,6 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
     pl = cmd("plan", "what the reconciler would do next, without doing it")
     pl.add_argument("--json", action="store_true", help="print JSON")
 
+    from volumemanager import drain_cli
+
+    drain_cli.add_subcommands(cmd)
+
     iu_help = "write the systemd unit with this installation's executable path"
     iu = sub.add_parser("install-unit", help=iu_help,
                         description=f"{iu_help}\nto /etc/systemd/system/volumemanager.service, and the example config "
@@ -189,7 +193,9 @@ def _status_rows(data: dict, wide: bool) -> list[tuple[str, ...]]:
 def print_status_table(data: dict, wide: bool = False) -> None:
     """A rich table on a terminal (long cells wrap, never cut); plain columns with whole
     paths otherwise, so that a pipe or a log keeps every path and rows stay distinct."""
-    title = f"volumes on {data.get('node')}"
+    from volumemanager.drain_cli import table_title_suffix
+
+    title = f"volumes on {data.get('node')}{table_title_suffix(data)}"
     columns = ("POD", "VOLUME", "PLUGIN", "STATE", "PATH / REASON") + (WIDE_COLUMNS if wide else ())
     rows = _status_rows(data, wide)
     if sys.stdout.isatty():
@@ -327,7 +333,10 @@ def main(argv: list[str] | None = None) -> int:
         from volumemanager import install_unit
 
         return install_unit.run(args)
-    handler = {"status": cmd_status, "explain": cmd_explain, "wait": cmd_wait, "plan": cmd_plan}[args.command]
+    from volumemanager import drain_cli
+
+    handler = {"status": cmd_status, "explain": cmd_explain, "wait": cmd_wait, "plan": cmd_plan,
+               "drain": drain_cli.cmd_drain, "uncordon": drain_cli.cmd_uncordon}[args.command]
     return run_client_command(args.command, handler, args)
 
 

@@ -41,7 +41,8 @@ class Daemon:
         self.server = AdminServer(
             cfg.socket,
             {"status": self.vm.status, "explain": self._explain, "wait": self._wait, "plan": self._plan,
-             "ping": lambda: {"pid": os.getpid()}},
+             "ping": lambda: {"pid": os.getpid()},
+             "drain": self._drain, "uncordon": self._uncordon},
         )
         self._stop = threading.Event()
         self._reload = threading.Event()
@@ -101,6 +102,20 @@ class Daemon:
     def _plan(self) -> list[dict]:
         return self.vm.plan()
 
+    def _drain(self, dry_run: bool = False) -> dict:
+        """Stop mounting and tear every volume down (progress: ``status``'s ``drained``)."""
+        result = self.vm.drain.drain(dry_run=bool(dry_run))
+        if not dry_run and not result["already_drained"]:
+            log.info("node drained: tearing down %d volumes; not mounting until uncordon or restart",
+                     result["volumes"])
+        return result
+
+    def _uncordon(self) -> dict:
+        result = self.vm.drain.uncordon()
+        if result["was_drained"]:
+            log.info("node uncordoned: mounting again")
+        return result
+
     # --- loop -----------------------------------------------------------------------------
 
     def _tick(self) -> None:
@@ -115,6 +130,8 @@ class Daemon:
                 counts[k] = counts.get(k, 0) + 1
             self.metrics.set_volume_states(counts)
         text = f"{self.vm.executor.pending_count()} operations in flight; {len(self.vm.dsw)} pods desired"
+        if self.vm.drain.is_drained():
+            text += "; drained: not mounting"
         if text != self._last_status:
             self._last_status = text
             self.notifier.status(text)

@@ -254,11 +254,14 @@ class Reconciler:
                 with self._cond:
                     self._waiting.discard(vid)
 
-    def decide(self, volume_ids: set[str] | None = None) -> list[Action]:
+    def decide(self, volume_ids: set[str] | None = None, desired=None) -> list[Action]:
         """The operations this pass would start, in order, without starting any (an action
-        whose key is busy or backing off is still listed: the executor has the last word)."""
+        whose key is busy or backing off is still listed: the executor has the last word).
+        ``desired`` replaces the desired state for this answer only (``drain --dry-run``
+        asks what an empty one would mean)."""
+        dsw = self._dsw if desired is None else desired
         if volume_ids is None:
-            volume_ids = self._dsw.volume_ids() | self._asw.volume_ids()
+            volume_ids = dsw.volume_ids() | self._asw.volume_ids()
         ids = sorted(volume_ids)
         ready = self._ready_to_unmount()
         actions: list[Action] = []
@@ -266,10 +269,10 @@ class Reconciler:
         # 1. pod views that are no longer desired
         if ready:
             for mv in mounted:
-                if not self._dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid):
+                if not dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid):
                     actions.append(self._unmount_volume_action(mv))
         # 2. desired pod views that are not certainly mounted
-        for vtm in self._dsw.volumes_to_mount(ids):
+        for vtm in dsw.volumes_to_mount(ids):
             if self._asw.pod_state(vtm.volume_id, vtm.pod.uid) is not VolumeMountState.MOUNTED:
                 actions.append(self._mount_action(vtm))
         # 3. staged devices no pod uses any more
@@ -279,14 +282,15 @@ class Reconciler:
                     av.device_mountable
                     and av.device_state.may_be_mounted
                     and not av.pod_uids
-                    and not self._dsw.volume_exists(av.volume_id)
+                    and not dsw.volume_exists(av.volume_id)
                 ):
                     actions.append(self._unmount_device_action(av))
         return actions
 
-    def plan(self) -> list[Action]:
-        """What a full pass would start now, each marked with what holds it back, if anything."""
-        return [self._annotate(a) for a in self.decide(None)]
+    def plan(self, desired=None) -> list[Action]:
+        """What a full pass would start now, each marked with what holds it back, if anything
+        (against ``desired`` instead of the desired state, when given)."""
+        return [self._annotate(a) for a in self.decide(None, desired)]
 
     def _annotate(self, a: Action) -> Action:
         key = OperationKey(a.volume_id, a.pod_uid)
