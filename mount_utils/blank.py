@@ -23,7 +23,6 @@ what was found; the caller decides what to refuse. Nothing here writes to the de
 from __future__ import annotations
 
 import errno as errno_mod
-import logging
 import os
 import stat
 import subprocess
@@ -34,8 +33,6 @@ from typing import TypeVar
 
 from mount_utils.child import die_with_parent
 from mount_utils.mountinfo import MountTable
-
-log = logging.getLogger(__name__)
 
 #: How much of each end of the device must read as zeros.
 EDGE_BYTES = 1 << 20
