@@ -27,12 +27,9 @@ def record_path(root_dir: str) -> str:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from volumemanager import __version__
 
-        return version("volumemanager")
-    except Exception:  # noqa: BLE001 - not installed as a distribution (a source checkout)
-        return "unknown"
+    return __version__
 
 
 def build_record(cfg: Any, sources: list[str], started_at: float, pid: int | None = None) -> dict:
