@@ -70,6 +70,7 @@ def reconstruct_actual_state(vm) -> dict:
             if dmp:
                 desired_devices[dmp] = (vtm, plugin)
     counts = {"adopted": 0, "uncertain": 0, "devices": 0, "interrupted": 0}
+    cleanup_pods: set[str] = set()
 
     def device_state_of(path: str | None) -> DeviceMountState:
         return DeviceMountState.MOUNTED if path and table.is_mount_point(path) else DeviceMountState.UNCERTAIN
@@ -120,6 +121,7 @@ def reconstruct_actual_state(vm) -> dict:
                         device_state_of(dmp), None,
                     )
                     counts["uncertain"] += 1
+                    cleanup_pods.add(uid)
 
     # Staged devices whose pods are all gone (a crash between unpublish and unstage).
     for dmp, (vtm, plugin) in desired_devices.items():
@@ -168,4 +170,14 @@ def reconstruct_actual_state(vm) -> dict:
     if any(counts.values()):
         log.info("reconstructed actual state: %(adopted)d adopted, %(uncertain)d to clean up, %(devices)d staged devices",
                  counts)
+    populator = getattr(vm, "populator", None)
+    if counts["uncertain"] and populator is not None and not populator.has_added_pods:
+        # The desired state is unknown (its source could not be read): what was found is kept,
+        # and re-adopted by the pods that turn out to want it once the source is read whole.
+        log.warning("kept %d volumes of %d pods found on disk: the desired state has not been read whole "
+                    "(%s); nothing is torn down until it is", counts["uncertain"], len(cleanup_pods),
+                    "; ".join(h.describe() for h in populator.source_healths() if not h.ok) or "not read yet")
+    elif counts["uncertain"]:
+        log.info("%d volumes of %d pods found on disk are not desired: they will be torn down",
+                 counts["uncertain"], len(cleanup_pods))
     return counts

@@ -92,7 +92,8 @@ class VolumeManager:
             journal = FileIntentJournal(os.path.join(config.root_dir, "state"))
         self.journal = journal
         self.generator = OperationGenerator(self.plugins, self.asw, journal)
-        self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed)
+        self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed,
+                                               host_volumes=self._host_pod_volumes)
         self.host.set_secret_lookup(self.populator.get_secret)
         from volumemanager.drain import DrainController
 
@@ -104,6 +105,9 @@ class VolumeManager:
         )
         self.drain.attach(self.reconciler, self._ready_to_unmount)
         self.executor.add_completion_callback(_log_outcome)
+        # A pod held back because its UID or PV is still in use here is looked at again
+        # after every tear-down.
+        self.executor.add_completion_callback(self._recheck_held_pods)
         # No skeletons: empty pod directories go after a pod's tear-down, and once at start.
         self.executor.add_completion_callback(self._remove_skeleton_after)
         self._skeletons_swept = False
@@ -130,6 +134,28 @@ class VolumeManager:
 
     def _ready_to_unmount(self) -> bool:
         return self.populator.has_added_pods and self._reconstructed
+
+    def _host_pod_volumes(self) -> list:
+        """The populator's narrow view of the actual state: which pod (and claim) each mounted
+        pod volume belongs to. Volumes found on disk at start without a desired pod have no
+        known pod ("?" namespace)."""
+        from volumemanager.populator import HostPodVolume
+
+        return [HostPodVolume(mv.pod.uid, mv.pod.key if mv.pod.namespace != "?" else None,
+                              mv.spec.pv_name if mv.spec is not None else None,
+                              mv.spec.claim if mv.spec is not None else None)
+                for mv in self.asw.mounted_volumes()]
+
+    def _recheck_held_pods(self, outcome: OperationOutcome) -> None:
+        from operation_executor.generator import UNMOUNT_DEVICE, UNMOUNT_VOLUME
+
+        if outcome.error is None and outcome.operation in (UNMOUNT_VOLUME, UNMOUNT_DEVICE) \
+                and self.populator.needs_recheck:
+            self.populator.sync(recheck=True)
+
+    def _failed_source_lines(self) -> list[str]:
+        """One line per desired-state source that is not read whole (explain shows them)."""
+        return [h.describe() for h in self.populator.source_healths() if not h.ok]
 
     def _remove_skeleton_after(self, outcome: OperationOutcome) -> None:
         """After a successful tear-down for a pod that is not desired: rmdir its empty dirs."""
@@ -249,7 +275,14 @@ class VolumeManager:
     # --- queries --------------------------------------------------------------------------
 
     def rows(self) -> list[st.VolumeRow]:
-        return st.daemon_rows(self.dsw, self.asw, self.executor)
+        rows = st.daemon_rows(self.dsw, self.asw, self.executor)
+        unread = [h.name for h in self.populator.source_healths() if not h.ok]
+        if unread:
+            # Not desired as far as is known, but the desired state is not known: kept.
+            for r in rows:
+                if not r.desired and r.waiting_for is None:
+                    r.waiting_for = f"{', '.join(unread)} to be read whole (nothing is torn down until then)"
+        return rows
 
     def mount_counts(self) -> tuple[int, int]:
         """(desired volumes mounted, desired volumes), per pod: cheap enough for READY/STATUS."""
@@ -278,6 +311,7 @@ class VolumeManager:
             "drained": self.drain.progress(orphans),
             "drivers": [_driver_dict(d) for d in self.drivers.list()],
             "manifest_errors": [e.to_dict() for e in snap.errors],
+            "sources": [h.to_dict() for h in self.populator.source_healths()],
             "interrupted_at_start": list(self.interrupted_at_start),
             "reconciler": {
                 "passes": self.reconciler.passes,
@@ -290,7 +324,9 @@ class VolumeManager:
         """(exit code, explanation): 0 all mounted, 1 not mounted, 2 no such pod/volume."""
         dp = self.dsw.find_pod(pod_key)
         if dp is None:
-            return self._explain_not_desired(pod_key, volume)
+            code, body = self._explain_not_desired(pod_key, volume)
+            body["lines"][:0] = self._failed_source_lines()
+            return code, body
         rows = [r for r in self.rows() if r.pod_uid == dp.pod.uid and r.desired]
         if volume is not None:
             rows = [r for r in rows if r.volume == volume]
@@ -304,6 +340,7 @@ class VolumeManager:
         drained = self.drain.explain_line()
         if drained is not None:
             out_lines.insert(0, drained)
+        out_lines[:0] = self._failed_source_lines()
         all_mounted = all(r.state == st.MOUNTED for r in rows)
         return (0 if all_mounted else 1), {"pod": pod_key, "found": True, "volumes": out, "lines": out_lines,
                                             "source": dp.source}
