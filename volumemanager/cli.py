@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="deadline of every CSI node call (default 120, the kubelet's); past it the volume is uncertain")
 
     s = cmd("status", "desired vs actual, one row per (pod, volume), plus orphans, drivers and manifest errors")
-    s.add_argument("--json", action="store_true", help="print JSON (see INTERFACE.md for the fields)")
+    s.add_argument("--json", action="store_true", help="print JSON (docs/contract.md lists every field)")
     s.add_argument("-o", "--output", choices=["table", "wide"], default="table",
                    help="table format; wide adds the device, device mount path, error code and next retry")
     s.add_argument("--manifest-dir", default=None,

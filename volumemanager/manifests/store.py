@@ -1,6 +1,6 @@
 """The last good objects of every manifest file, and the snapshot built from them.
 
-The rule this module exists for (INTERFACE.md, "Manifests"): *a file that fails to parse keeps
+The rule this module exists for (docs/contract.md, "Manifests"): *a file that fails to parse keeps
 the objects it last held*. Only removing an object from a file, or removing the file, removes
 it from the desired state, so a half-written or mistyped file never tears down a volume.
 

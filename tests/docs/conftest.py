@@ -1,0 +1,1 @@
+from tests.daemon_harness import daemon, daemon_factory  # noqa: F401 - pytest fixtures
