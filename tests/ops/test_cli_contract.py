@@ -17,7 +17,6 @@ import sys
 import tempfile
 import threading
 import time
-from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -128,7 +127,7 @@ def test_100_status_calls_during_a_burst_of_200_raw_connects(admin_server):
         start.wait()
         try:
             s.connect(server.path)
-        except OSError as e:  # a raw client may fail; only the real calls must not
+        except OSError:  # a raw client may fail; only the real calls must not
             s.close()
             return
         if i % 2:  # half connect and hang up at once, half connect and say nothing
