@@ -145,22 +145,24 @@ spec:
 """
 
 
-def test_status_json_keys_match_the_doc(doc, daemon_factory):
+def test_status_json_keys_match_the_doc(doc, daemon_factory, csi_loop):
     """A real daemon's ``status --json`` (and ``explain --json``), then the disk's, with
-    volumes, an orphan and a manifest error in each, against the tables."""
+    volumes, an orphan, a manifest error and (daemon only) a CSI driver, against the tables."""
     require_root()
     sections = _json_sections(doc)
     d = daemon_factory(start=False)
     d.write_manifest("pod.yaml", POD)
     d.write_manifest("broken.yaml", BROKEN_MANIFEST)
     d.start()
+    csi_loop()
     orphan = d.root / "orphan-for-the-contract-test"
     orphan.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(orphan)], check=True)
     try:
         wait_until(lambda: d.states("demo/web").get("cache") == "mounted", 30, 0.1, "demo/web's cache to mount")
+        wait_until(lambda: d.status()["drivers"], 30, 0.1, "the CSI driver to register")
         data = d.status()
-        assert data["source"] == DAEMON and data["orphans"] and data["manifest_errors"]
+        assert data["source"] == DAEMON and data["orphans"] and data["manifest_errors"] and data["sources"]
         for path, keys in sections.items():
             if path.startswith("status"):
                 objs = _objects_at(data, path)
@@ -171,6 +173,15 @@ def test_status_json_keys_match_the_doc(doc, daemon_factory):
         _check(sections["explain"], [json.loads(r.stdout)], DAEMON, "explain")
         r = d.cli("plan", "--json")
         _check(sections["plan[]"], json.loads(r.stdout), DAEMON, "plan[]")
+
+        # Drained: the `drained` object (our tmpfs orphan keeps the drain from completing).
+        d.cli("drain", "--timeout", "1", "--json", check=False)
+        drained = d.status()
+        assert drained["drained"], "status shows no drained object after drain"
+        for path, keys in sections.items():
+            if path.startswith("status.drained"):
+                _check(keys, _objects_at(drained, path), DAEMON, path)
+        d.cli("uncordon")
 
         d.stop()
         r = d.cli("status", "--json", "--manifest-dir", str(d.manifests), check=False)
