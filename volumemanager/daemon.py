@@ -30,6 +30,9 @@ class Daemon:
         from volumemanager.volume_manager import VolumeManager
 
         self.cfg = cfg
+        # The flags the daemon was started with: a SIGHUP re-reads the config file under them,
+        # so that flags still win (a --log-level flag is not reset by a file without one).
+        self.flag_values: dict = {}
         self.notifier = SystemdNotifier()
         os.makedirs(cfg.root_dir, mode=0o750, exist_ok=True)
         self.metrics = metrics if metrics is not None else start_metrics(cfg.metrics_address)
@@ -190,7 +193,7 @@ class Daemon:
             try:
                 from volumemanager.logs import setup_logging
 
-                new = build_config({"config": self.cfg.config})
+                new = build_config({**self.flag_values, "config": self.cfg.config})
                 setup_logging(new.log_format, new.log_level)
                 changed = [f"{n}={getattr(new, n)}" for n in ("log_format", "log_level")
                            if getattr(new, n) != getattr(self.cfg, n)]
@@ -239,6 +242,7 @@ def run_daemon(flag_values: dict) -> int:
         cfg = build_config(flag_values)
         setup_logging(cfg.log_format, cfg.log_level)
         daemon = Daemon(cfg)
+        daemon.flag_values = dict(flag_values)
     except (ConfigError, AdminError, OSError, ValueError) as e:
         print(f"volumemanager: {e}", file=sys.stderr)
         return 1

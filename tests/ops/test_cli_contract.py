@@ -392,3 +392,14 @@ def test_offline_status_without_a_record_says_so_and_calls_nothing_an_orphan(tmp
         assert any("desired state" in u for u in st["unknown"])
     finally:
         subprocess.run(["umount", str(pod_dir)], check=True)
+
+
+def test_sighup_rereads_the_config_under_the_flags(daemon_factory, tmp_path):
+    """--log-level debug (a flag) still wins after a SIGHUP re-reads a config file without it."""
+    config = tmp_path / "config.yaml"
+    config.write_text("log_format: text\n")
+    d = daemon_factory(["--config", str(config)])
+    d.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: re-read config" in d.log(), 10, what="the config re-read")
+    line = next(x for x in d.log().splitlines() if "SIGHUP: re-read config" in x)
+    assert "log settings unchanged" in line, line
