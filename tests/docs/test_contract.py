@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import subprocess
 
 import pytest
@@ -200,3 +201,29 @@ def test_status_json_keys_match_the_doc(doc, daemon_factory, csi_loop):
 def test_help_points_inside_the_repository(command):
     text = _subcommands()[command].format_help()
     assert "INTERFACE.md" not in text and "../shared" not in text
+
+
+def test_metrics_match(doc):
+    """Every metric the daemon exports is documented with its labels, and nothing more."""
+    from volumemanager.metrics import Metrics
+
+    text = docparse.CONTRACT.read_text()
+    lines = text[text.index("## Metrics"):].split("\n## ", 1)[0].splitlines()
+    documented = {}
+    for t in docparse.tables(lines):
+        if t.header[0] == "metric":
+            col = t.column("labels")
+            for r in t.rows:
+                labels = {c for c in re.findall(r"`([a-z_]+)`", r[col])}
+                documented[docparse.first_cell_code(r)[0]] = labels
+    real = {}
+    for family in Metrics().registry.collect():
+        name = family.name + ("_total" if family.type == "counter" else "")
+        collector_labels = set()
+        for sample in family.samples:
+            collector_labels |= set(sample.labels) - {"le"}
+        real[name] = collector_labels
+    assert set(documented) == set(real), f"missing: {sorted(set(real) - set(documented))}; " \
+                                         f"not exported: {sorted(set(documented) - set(real))}"
+    for name, labels in real.items():
+        assert labels <= documented[name], f"{name}: labels {sorted(labels - documented[name])} not documented"
