@@ -122,7 +122,7 @@ class FileIntentJournal:
         self.boot_id = boot_id or current_boot_id()
         os.makedirs(state_dir, mode=0o700, exist_ok=True)
         self.previous_boot_id, self._previous_open, whole_end = self._load()
-        # Lock order: _sync_lock, then _lock. _lock guards the records and is never held
+        # Lock order: (_slow_lock,) _sync_lock, then _lock. _lock guards the records and is never held
         # across an append (a thousand operations at once would queue behind it, each handing
         # the GIL over); appends go out as single O_APPEND writes, which the kernel keeps
         # whole. _sync_lock lets one fsync cover every durable begin written before it.
@@ -137,7 +137,10 @@ class FileIntentJournal:
         self._fd: int | None = None
         # The slow path's state. _healthy is the only thing the hot path reads: False while
         # the file must be rewritten before the next append (_needs_rewrite: a failed or
-        # torn write) or the reserve is given back (_reserve_missing).
+        # torn write) or the reserve is given back (_reserve_missing). _slow_lock (taken
+        # before the two above, and only after a failure) makes the recovery and its log
+        # lines happen once, not once per thread that met the full disk.
+        self._slow_lock = threading.Lock()
         self._healthy = True
         self._needs_rewrite = False
         self._reserve_missing = False
@@ -287,35 +290,37 @@ class FileIntentJournal:
     def _recover(self, err: OSError) -> None:
         """An append failed: give the reserve back and rewrite the file (which cuts off any
         torn tail and records every open intent), or raise OSError."""
-        self._mark_failed(err)
-        if _is_no_space(err):
-            self._release_reserve(err)
-        try:
-            self._compact_now()
-        except OSError as again:
-            self._failed(again)
-            raise again from None
-        self._log_back()
+        with self._slow_lock:
+            self._mark_failed(err)
+            if _is_no_space(err):
+                self._release_reserve(err)
+            try:
+                self._compact_now()
+            except OSError as again:
+                self._failed(again)
+                raise again from None
+            self._log_back()
 
     def _slow_path(self) -> bool:
         """Before an append while not healthy. True when a rewrite was just made (the caller's
         record is in it); False when the append can go ahead; OSError when it cannot."""
-        rewritten = False
-        if self._needs_rewrite:
-            last = self._last_error
-            if time.monotonic() < self._next_attempt and last is not None:
-                raise OSError(last.errno, last.strerror, last.filename)  # no rewrite attempt per record
-            try:
-                self._compact_now()
-            except OSError as err:
-                self._failed(err)
-                raise
-            rewritten = True
-            self._log_back()
-        if self._reserve_missing and time.monotonic() >= self._next_attempt:
-            self._ensure_reserve()
-        self._update_healthy()
-        return rewritten
+        with self._slow_lock:
+            rewritten = False
+            if self._needs_rewrite:  # (another thread may have rewritten it meanwhile)
+                last = self._last_error
+                if time.monotonic() < self._next_attempt and last is not None:
+                    raise OSError(last.errno, last.strerror, last.filename)  # no rewrite attempt per record
+                try:
+                    self._compact_now()
+                except OSError as err:
+                    self._failed(err)
+                    raise
+                rewritten = True
+                self._log_back()
+            if self._reserve_missing and time.monotonic() >= self._next_attempt:
+                self._ensure_reserve()
+            self._update_healthy()
+            return rewritten
 
     def _mark_failed(self, err: OSError) -> None:
         self._needs_rewrite = True
@@ -349,7 +354,9 @@ class FileIntentJournal:
             log.info("space is back in %s: the intent journal records every step again", self.state_dir)
 
     def _log_dropping(self, err: OSError) -> None:
-        if not self._dropping_logged:
+        with self._slow_lock:
+            if self._dropping_logged:
+                return
             self._dropping_logged = True
             log.warning("teardown steps proceed without an intent record until %s has space (%s)",
                         self.state_dir, err.strerror or err)
@@ -433,12 +440,13 @@ class FileIntentJournal:
         file, never in some other file that reused a closed fd; a begin that lands in the
         old one is in the new one too (it was an open intent when the file was rewritten).
         Raises OSError (and leaves the old file in place) when it cannot be written."""
-        try:
-            self._compact_now()
-        except OSError as err:
-            self._failed(err)
-            raise
-        self._log_back()
+        with self._slow_lock:
+            try:
+                self._compact_now()
+            except OSError as err:
+                self._failed(err)
+                raise
+            self._log_back()
 
     def _try_compact(self) -> None:
         try:
