@@ -53,6 +53,17 @@ def _csi_spec_from_disk(name: str, vol_data: dict) -> VolumeSpec | None:
     return VolumeSpec(name=vol_data.get("specVolID") or name, plugin_name=CSI, source=source, pv_name=name)
 
 
+def _recorded_pod(vm, uid: str) -> PodRef:
+    """The pod a UID found on disk belonged to, from the owner record; else unknown ("?"),
+    which never keeps another pod from that UID."""
+    owners = getattr(vm, "pod_owners", None)
+    key = owners.get(uid) if owners is not None else None
+    if key and key.count("/") == 1:
+        namespace, name = key.split("/")
+        return PodRef(uid, namespace, name)
+    return PodRef(uid, "?", uid)
+
+
 def reconstruct_actual_state(vm) -> dict:
     """Fill ``vm.asw`` from disk. Returns counts for the log."""
     host, plugins, asw = vm.host, vm.plugins, vm.asw
@@ -112,7 +123,7 @@ def reconstruct_actual_state(vm) -> dict:
                     except KeyError:
                         log.warning("found %s of unknown plugin %s; leaving it alone", vol_dir, plugin_name)
                         continue
-                    pod = PodRef(uid, "?", uid)
+                    pod = _recorded_pod(vm, uid)
                     dm = plugin_name == CSI and spec.source is not None and spec.source.volume_handle is not None
                     volume_id = plugin.volume_id(spec, pod) if spec.source is not None else f"{plugin_name}/{uid}-{name}"
                     dmp = plugin.device_mount_path(spec) if dm else None

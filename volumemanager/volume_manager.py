@@ -123,6 +123,10 @@ class VolumeManager:
         self._mount_watcher = None
         self._thread: threading.Thread | None = None
         self._reconstructed = False
+        from volumemanager.pod_owners import PodOwners
+
+        # Which pod each UID under pods/ belongs to, across restarts (one pod per UID).
+        self.pod_owners = PodOwners(os.path.join(config.root_dir, "state"))
         self.interrupted_at_start: list[dict] = []
         self.on_tick: Callable[[], None] | None = None
         self.started_at = time.time()
@@ -131,6 +135,10 @@ class VolumeManager:
 
     def _volumes_changed(self, volume_ids: set[str]) -> None:
         self.reconciler.mark_dirty(volume_ids)
+        pairs = {(v.pod.uid, v.pod.key) for v in self.dsw.volumes_to_mount(volume_ids)}
+        if pairs:
+            self.pod_owners.update(pairs, lambda uid: self.dsw.get_pod(uid) is not None
+                                   or os.path.isdir(self.host.pod_dir(uid)))
 
     def _ready_to_unmount(self) -> bool:
         return self.populator.has_added_pods and self._reconstructed
@@ -141,10 +149,14 @@ class VolumeManager:
         known pod ("?" namespace)."""
         from volumemanager.populator import HostPodVolume
 
-        return [HostPodVolume(mv.pod.uid, mv.pod.key if mv.pod.namespace != "?" else None,
-                              mv.spec.pv_name if mv.spec is not None else None,
-                              mv.spec.claim if mv.spec is not None else None)
-                for mv in self.asw.mounted_volumes()]
+        out = [HostPodVolume(mv.pod.uid, mv.pod.key if mv.pod.namespace != "?" else None,
+                             mv.spec.pv_name if mv.spec is not None else None,
+                             mv.spec.claim if mv.spec is not None else None)
+               for mv in self.asw.mounted_volumes()]
+        if not self._reconstructed:
+            # Before the disk has been scanned, the record says whose pods/<uid> is there.
+            out.extend(HostPodVolume(uid, key) for uid, key in self.pod_owners.owners().items())
+        return out
 
     def _recheck_held_pods(self, outcome: OperationOutcome) -> None:
         from operation_executor.generator import UNMOUNT_DEVICE, UNMOUNT_VOLUME
@@ -152,6 +164,16 @@ class VolumeManager:
         if outcome.error is None and outcome.operation in (UNMOUNT_VOLUME, UNMOUNT_DEVICE) \
                 and self.populator.needs_recheck:
             self.populator.sync(recheck=True)
+
+    def _load_pod_owners(self) -> None:
+        """Before the first read: the record of which pod each UID on disk belongs to, for the
+        source's duplicate-UID rule and the populator's check (until reconstruction)."""
+        self.pod_owners.load()
+        self.pod_owners.prune(lambda uid: os.path.isdir(self.host.pod_dir(uid)))
+        prefer = getattr(self.populator.source, "prefer_uid_holders", None)
+        owners = self.pod_owners.owners()
+        if owners and callable(prefer):
+            prefer({uid: tuple(key.split("/", 1)) for uid, key in owners.items()})
 
     def _failed_source_lines(self) -> list[str]:
         """One line per desired-state source that is not read whole (explain shows them)."""
@@ -192,8 +214,12 @@ class VolumeManager:
         """Read the desired state, reconstruct the actual state, run the first pass, then
         start the loop. Returns when the first pass has started its operations."""
         self._start_drivers()
+        self._load_pod_owners()
         self.populator.start()
         self.reconstruct()
+        if self.populator.needs_recheck:
+            # Pods held back by the owner record: from now on the actual state decides.
+            self.populator.sync(recheck=True)
         self.reconciler.reconcile(None)
         if self._watch_devices:
             self._start_device_events()

@@ -325,3 +325,14 @@ def test_uid_goes_to_the_newcomer_once_the_holder_document_is_gone(mdir):
     write(mdir / "a.yaml", _uid_pod("first"))  # back again: now it is the newcomer
     store.rescan()
     assert _holder(store) == "second"
+
+
+def test_uid_holder_from_before_a_restart_keeps_it(mdir):
+    write(mdir / "a.yaml", _uid_pod("second"))
+    write(mdir / "b.yaml", _uid_pod("first"))
+    store = ManifestStore(str(mdir))
+    store.prefer_uid_holders({"same": ("default", "first")})
+    store.rescan()
+    assert _holder(store) == "first"
+    (error,) = store.snapshot().errors
+    assert error.file == "a.yaml"

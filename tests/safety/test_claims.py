@@ -182,3 +182,38 @@ def test_a_new_pod_with_the_uid_of_a_deleted_one_inherits_nothing(daemon_factory
     # Its emptyDirs are new: nothing of first's data.
     assert not (_vol(d, "mem") / "data.bin").exists() and not (_vol(d, "disk") / "data.bin").exists()
     assert {v["pod"] for v in d.status()["volumes"]} == {"demo/second"}
+
+
+def test_documents_swapped_while_the_daemon_is_down_the_first_keeps_everything(daemon_factory):
+    d = daemon_factory(start=False)
+    d.write_manifest("a.yaml", uid_pod("first"))
+    d.start()
+    assert d.cli("wait", "demo/first", "--timeout", "20").returncode == 0
+    sums, mounts = _fill(d), _mounts(d)
+    d.write_manifest("b.yaml", uid_pod("second"))
+    wait_until(lambda: _uid_errors(d), 10, what="the duplicate UID error")
+    assert d.stop() == 0
+    # While it is down the documents are swapped: "second" now sorts first.
+    d.write_manifest("a.yaml", uid_pod("second"))
+    d.write_manifest("b.yaml", uid_pod("first"))
+    d.start()
+    assert d.cli("wait", "demo/first", "--timeout", "20").returncode == 0
+    (error,) = _uid_errors(d)
+    assert error["file"] == "a.yaml" and "'demo/second' ignored" in error["message"]
+    assert {v["pod"] for v in d.status()["volumes"]} == {"demo/first"}
+    assert _mounts(d) == mounts and _intact(sums)
+
+
+def test_a_pod_given_a_deleted_pods_uid_while_the_daemon_is_down_inherits_nothing(daemon_factory):
+    d = daemon_factory(start=False)
+    d.write_manifest("a.yaml", uid_pod("first"))
+    d.start()
+    assert d.cli("wait", "demo/first", "--timeout", "20").returncode == 0
+    _fill(d)
+    assert d.stop() == 0
+    d.write_manifest("a.yaml", uid_pod("second"))
+    d.start()
+    assert d.cli("wait", "demo/second", "--timeout", "30").returncode == 0
+    assert "is still in use on this node by pod demo/first" in d.log()
+    assert not (_vol(d, "mem") / "data.bin").exists() and not (_vol(d, "disk") / "data.bin").exists()
+    assert {v["pod"] for v in d.status()["volumes"]} == {"demo/second"}

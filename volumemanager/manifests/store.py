@@ -26,7 +26,7 @@ import os
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Mapping
 
 from volumemanager.manifests.loader import FileResult, is_manifest_name, load_file
 from volumemanager.manifests.models import (
@@ -67,6 +67,9 @@ class ManifestStore:
         # uid -> (namespace, name) of the pod that holds it in the current snapshot: the
         # memory that makes the duplicate-UID rule sticky.
         self._uid_holders: dict[str, tuple[str, str]] = {}
+        # The same from before a restart (``prefer_uid_holders``): used for a UID until it
+        # is first held in a snapshot.
+        self._uid_seeds: dict[str, tuple[str, str]] = {}
         self._generation = 0
         self._snapshot: Snapshot | None = None
 
@@ -76,6 +79,13 @@ class ManifestStore:
     def generation(self) -> int:
         with self._lock:
             return self._generation
+
+    def prefer_uid_holders(self, holders: Mapping[str, tuple[str, str]]) -> None:
+        """Seed the sticky duplicate-UID rule (uid -> (namespace, name)) before the first read:
+        after a restart, the pod a UID belonged to keeps it, not the first in path order."""
+        with self._lock:
+            self._uid_seeds.update(holders)
+            self._snapshot = None
 
     def dir_error(self) -> str | None:
         """Why the directory could not be listed at the last rescan; None when it could."""
@@ -271,7 +281,7 @@ class ManifestStore:
         for uid, claimants in candidates.items():
             winner = claimants[0]
             if len(claimants) > 1:
-                held = self._uid_holders.get(uid)
+                held = self._uid_holders.get(uid) or self._uid_seeds.get(uid)
                 for pod in claimants:
                     if (pod.namespace, pod.name) == held:
                         winner = pod
@@ -287,6 +297,7 @@ class ManifestStore:
                     ))
             pods[uid] = winner
             holders[uid] = (winner.namespace, winner.name)
+            self._uid_seeds.pop(uid, None)
         self._uid_holders = holders
         return Snapshot(pods, pvs, pvcs, secrets, tuple(errors), self._generation)
 

@@ -13,7 +13,7 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from watchdog.events import (
     DirCreatedEvent,
@@ -123,6 +123,11 @@ class ManifestDirSource(DesiredStateSource):
 
     def health(self) -> SourceHealth:
         return self._health
+
+    def prefer_uid_holders(self, holders: Mapping[str, tuple[str, str]]) -> None:
+        """Optional (the daemon calls it before ``start`` when the source has it): which pod
+        each UID belonged to before a restart, so that pod keeps it against a newcomer."""
+        self._store.prefer_uid_holders(holders)
 
     @property
     def store(self) -> ManifestStore:
