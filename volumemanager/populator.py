@@ -105,6 +105,22 @@ def bind_claims(
     return out, frozenset(contested)
 
 
+# (snapshot, its bindings) of the last call without bindings: callers that resolve every pod
+# of one snapshot (offline status) compute them once, not once per pod. Holding the snapshot
+# keeps its id from being reused.
+_last_bindings: tuple[m.Snapshot, dict[str, str]] | None = None
+
+
+def _bindings_of(snap: m.Snapshot) -> dict[str, str]:
+    global _last_bindings
+    last = _last_bindings
+    if last is not None and last[0] is snap:
+        return last[1]
+    bindings = bind_claims(snap)[0]
+    _last_bindings = (snap, bindings)
+    return bindings
+
+
 def resolve_volume(
     pod: m.Pod, vol: m.PodVolume, snap: m.Snapshot, bindings: Mapping[str, str] | None = None
 ) -> VolumeSpec:
@@ -139,7 +155,7 @@ def resolve_volume(
             waiting_for=f"persistentvolume {pv.name} to be released by {ref}",
         )
     if bindings is None:
-        bindings = bind_claims(snap)[0]
+        bindings = _bindings_of(snap)
     owner = bindings.get(pv.name, claim_key)
     if owner != claim_key:
         raise Unresolvable(
@@ -174,7 +190,7 @@ def resolve_pod(
     resolved: list[VolumeToMount] = []
     unresolved: list[UnresolvedVolume] = []
     if bindings is None and any(isinstance(v.source, m.PVCSource) for v in pod.volumes):
-        bindings = bind_claims(snap)[0]
+        bindings = _bindings_of(snap)
     for vol in pod.volumes:
         try:
             spec = resolve_volume(pod, vol, snap, bindings)

@@ -96,7 +96,10 @@ def test_unreadable_dir_at_start_keeps_everything_until_it_is_back(daemon_factor
     assert _tmpfs(d) == mounts and _intact(sums)
     explain = d.cli("explain", "demo/p0", check=False)
     first = explain.stdout.splitlines()[0]
-    assert first.startswith(f"manifest-dir:{d.manifests} failed since ") and "nothing is torn down until it is read whole" in first
+    assert first.startswith(f"manifest-dir:{d.manifests} failed since ")
+    assert first.endswith("; nothing is torn down until it is read whole")
+    # The pod is known by name from the owner record: its kept volumes are shown.
+    assert "to be read whole (nothing is torn down until then)" in explain.stdout, explain.stdout
     table = d.cli("status").stdout
     assert f"manifest-dir:{d.manifests} failed since" in table
     kept = [v for v in d.status()["volumes"] if not v["desired"]]

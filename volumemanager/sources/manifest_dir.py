@@ -229,7 +229,8 @@ class ManifestDirSource(DesiredStateSource):
                 self._pending_rescan = False
                 self._first_event = 0.0
                 periodic = now >= next_rescan
-                retry = (self._failed_since is not None or not self._synced) and now >= last_rescan + FAILED_RETRY_SECONDS
+                unread = self._failed_since is not None or not self._synced
+                retry = unread and now >= last_rescan + FAILED_RETRY_SECONDS
                 check = not retry and now >= last_check + DIR_CHECK_SECONDS
             if check:
                 last_check = now
