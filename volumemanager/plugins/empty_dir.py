@@ -6,7 +6,6 @@ tmpfs sized by ``sizeLimit``. Per-pod, no staging.
 
 from __future__ import annotations
 
-import logging
 import os
 
 from mount_utils.cleanup import cleanup_mount_point, remove_empty_dirs
@@ -19,11 +18,13 @@ from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
 from volumemanager.plugins.fsutil import TreeRemovalRefused, busy_message, remove_tree_one_filesystem, teardown_error
 
-log = logging.getLogger(__name__)
 
 EMPTY_DIR_PLUGIN = "kubernetes.io/empty-dir"
 # kubelet creates emptyDir volumes world-writable: the pod's processes may run as any user.
 EMPTY_DIR_MODE = 0o777
+# How long the look for processes using a disk emptyDir may take before it is deleted: about
+# 50 us a process, so this covers some 20,000 processes; past it the removal waits for a retry.
+HOLDER_SCAN_DEADLINE_SECONDS = 1.0
 
 
 class EmptyDirPlugin(VolumePlugin):
@@ -76,11 +77,14 @@ class EmptyDirPlugin(VolumePlugin):
     def _refuse_if_held(self, path: str) -> None:
         if not os.path.lexists(path):
             return
-        scan = scan_holders(path)
+        scan = scan_holders(path, deadline_seconds=HOLDER_SCAN_DEADLINE_SECONDS)
         if scan.holders:
             holders = tuple(scan.holders)
             raise UncertainError(busy_message(f"not deleting emptyDir {path}", "in use", holders), code="BUSY",
                                  holders=holders)
         if not scan.complete:
-            log.warning("looking for processes using %s stopped after %d processes; deleting it anyway",
-                        path, scan.scanned)
+            # An unfinished scan proves nothing: deleting now could pull the data from under a
+            # process we did not get to. Keep it and look again with the executor's backoff.
+            raise UncertainError(f"not deleting emptyDir {path}: the look for processes using it stopped "
+                                 f"after {scan.scanned} processes, before it could prove nobody does",
+                                 code="BUSY")
