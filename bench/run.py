@@ -466,12 +466,24 @@ def prepare_devices(pods: dict[int, list[Volume]]) -> tuple[dict[str, str], dict
     return devices, out
 
 
+def wipe_to_blank(device: str, what: str) -> None:
+    """Make a device blank the way the README tells an operator to: the daemon formats only a
+    device with no signature whose first and last MiB read as zeros, and ext4 leaves metadata
+    there that ``wipefs -a`` alone does not remove."""
+    _run(["wipefs", "-a", "-q", device], f"wiping {what}")
+    size = int(subprocess.run(["blockdev", "--getsize64", device], capture_output=True, text=True,
+                              check=True, timeout=30).stdout)
+    _run(["blkdiscard", "-z", "-l", str(1 << 20), device], f"zeroing the first MiB of {what}")
+    _run(["blkdiscard", "-z", "-o", str(size - (1 << 20)), "-l", str(1 << 20), device],
+         f"zeroing the last MiB of {what}")
+
+
 def release_devices(pods: dict[int, list[Volume]], devices: dict[str, str]) -> float:
     """After the floor: wipe the filesystems (the daemon and the driver format blank devices, as
     on first use) and detach the CSI volumes' loops. Returns the seconds it took."""
     t0 = time.monotonic()
     for v in (v for vs in pods.values() for v in vs if v.kind in DEVICE_KINDS):
-        _run(["wipefs", "-a", "-q", devices[v.backing]], f"wiping {v.pv}")
+        wipe_to_blank(devices[v.backing], v.pv)
         if v.kind == "csi":
             _run(["losetup", "-d", devices[v.backing]], f"detaching {v.pv}")
     return time.monotonic() - t0
