@@ -15,8 +15,10 @@ Plugins get what they need from the host through ``PluginHost``; they never see 
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
-from typing import Mapping, Protocol
+from dataclasses import dataclass
+from typing import Iterable, Mapping, Protocol
 
 from operation_executor.executor import DEFAULT_LANE
 from operation_executor.types import PodRef, SecretRef, VolumeSpec
@@ -45,6 +47,22 @@ class PluginHost(Protocol):
         """The Secret's data, or None when it does not exist. Never log the result."""
 
 
+def short_plugin_name(plugin_name: str) -> str:
+    """The name shown in tables: the part after the vendor prefix (``<domain>/csi`` -> ``csi``).
+    A free function because the CLI formats ``status --json`` output without any plugin."""
+    return plugin_name.rpartition("/")[2]
+
+
+@dataclass(frozen=True)
+class StagedDevice:
+    """A node-global mount (a stage) a plugin finds on disk at restart, before any pod is known:
+    what reconstruction needs to record it and later unstage it with the plugin's reverse call."""
+
+    volume_id: str
+    device_mount_path: str
+    spec: VolumeSpec
+
+
 class VolumePlugin(ABC):
     """Base class of every volume plugin. ``name`` is kubelet-style, e.g. ``kubernetes.io/empty-dir``."""
 
@@ -60,6 +78,16 @@ class VolumePlugin(ABC):
         self.host = host
 
     # --- identity -------------------------------------------------------------------------
+
+    @property
+    def display_name(self) -> str:
+        """The short name for tables and logs (``status``, ``drain``)."""
+        return short_plugin_name(self.name)
+
+    def can_support(self, source: object) -> bool:
+        """True when this plugin serves the given pod/PV volume source object (the kubelet's
+        ``CanSupport``): the populator picks the plugin of a volume with it."""
+        return False
 
     def is_device_mountable(self, spec: VolumeSpec) -> bool:
         """True when the volume has a node-global stage (MountDevice) shared by its pods."""
@@ -116,6 +144,49 @@ class VolumePlugin(ABC):
     def tear_down(self, spec: VolumeSpec, pod: PodRef, outer_name: str, mount_path: str) -> None:
         """Remove the pod's view and its now-empty directory; never delete data (idempotent)."""
 
+    # --- on-disk knowledge: reconstruction at restart, watching, status ------------------
+
+    def pod_mount_path_on_disk(self, volume_dir: str, block: bool) -> str:
+        """The path the pod sees, for a volume dir found under ``pods/<uid>/volumes/<plugin>/``
+        (``block`` False) or ``volumeDevices/<plugin>/`` (``block`` True). Most plugins mount
+        on the volume dir itself; CSI publishes into ``<dir>/mount``."""
+        return volume_dir
+
+    def construct_volume_spec(self, volume_name: str, volume_dir: str) -> VolumeSpec | None:
+        """Rebuild the spec of a pod volume found on disk at restart that nobody desires, from
+        its name and whatever the plugin saved in ``volume_dir`` (the kubelet's
+        ``ConstructVolumeSpec``). It is only ever torn down, so a spec without a source is
+        enough for most plugins. None means nothing usable was saved: the volume is then
+        cleaned up only when its path is still a mount point."""
+        return VolumeSpec(name=volume_name, plugin_name=self.name, source=None)
+
+    def find_staged_devices(self) -> Iterable[StagedDevice]:
+        """The node-global mounts this plugin may have left behind (any pod's), rebuilt from
+        the layout of ``plugin_dir`` at restart; reconstruction checks which are still staged.
+        Plugins without a device layer have none."""
+        return ()
+
+    def device_mount_is_mount_point(self, spec: VolumeSpec) -> bool:
+        """Whether a stage at ``device_mount_path`` is always a mount point. False for CSI: a
+        driver may stage without mounting, so only the directory tells it is there."""
+        return True
+
+    def pod_dir_is_mount_point(self, spec: VolumeSpec) -> bool:
+        """Whether the pod's view must be a mount point to count as present. False for a
+        volume that is a plain directory on disk (an emptyDir on the node's disk): its
+        existence is the mount, and it cannot vanish from the mount table."""
+        return True
+
+    def is_present_on_disk(self, spec: VolumeSpec, mount_path: str, is_mount_point: bool) -> bool:
+        """Whether the pod's view at ``mount_path`` exists, given whether it is a mount point."""
+        if self.pod_dir_is_mount_point(spec):
+            return is_mount_point
+        return is_mount_point or os.path.isdir(mount_path)
+
+    # Whether a statvfs of the pod's path gives the volume's usage when ``volume_stats`` has
+    # no answer: true for filesystems on this node, never for network ones (a hung server).
+    statvfs_stats: bool = False
+
     # --- optional capabilities ------------------------------------------------------------
 
     def expand(self, spec: VolumeSpec, device_path: str | None, device_mount_path: str | None) -> int | None:
@@ -147,3 +218,15 @@ class PluginRegistry:
 
     def names(self) -> list[str]:
         return sorted(self._plugins)
+
+    def plugins(self) -> list[VolumePlugin]:
+        return [self._plugins[n] for n in sorted(self._plugins)]
+
+    def find_for_source(self, source: object) -> VolumePlugin | None:
+        """The plugin that serves a volume source (the kubelet's ``FindPluginBySpec`` over
+        ``CanSupport``); None when none does. Two plugins claiming one source is a bug."""
+        found = [p for p in self._plugins.values() if p.can_support(source)]
+        if len(found) > 1:
+            raise ValueError(f"plugins {', '.join(sorted(p.name for p in found))} all support "
+                             f"{type(source).__name__}")
+        return found[0] if found else None

@@ -10,7 +10,7 @@ from mount_utils.mounter import LinuxMounter
 from volumemanager import status as st
 from volumemanager.manifests.store import ManifestStore
 from volumemanager.plugin_host import DaemonPluginHost
-from volumemanager.populator import EMPTY_DIR, resolve_pod
+from volumemanager.populator import resolve_pod
 
 
 # What the disk cannot tell: it lives only in a running daemon's memory.
@@ -86,9 +86,7 @@ def _read_desired(manifest_dir: str, plugins, table) -> tuple[list[st.VolumeRow]
             known.add(path)
             if dmp:
                 known.add(dmp)
-            mounted = table.is_mount_point(path) or (
-                vtm.plugin_name == EMPTY_DIR and getattr(vtm.spec.source, "medium", "") != "Memory" and os.path.isdir(path)
-            )
+            mounted = plugin.is_present_on_disk(vtm.spec, path, table.is_mount_point(path))
             rows.append(st.VolumeRow(pod=dp.pod.key, pod_uid=dp.pod.uid, volume=vtm.outer_name, plugin=vtm.plugin_name,
                                      desired=True, state=st.MOUNTED if mounted else st.PENDING, mount_path=path,
                                      device_mount_path=dmp if dmp and table.is_mount_point(dmp) else None,
@@ -100,7 +98,7 @@ def offline_status(root_dir: str, manifest_dir: str | None = None, node_name: st
                    why: str = "no daemon answered") -> dict:
     """Status read from the disk. ``manifest_dir`` and ``node_name`` override the daemon's
     record under ``root_dir``; ``why`` says why the daemon was not asked (it heads the note)."""
-    from volumemanager.volume_manager import build_plugins
+    from volumemanager.plugins import build_plugins
 
     manifest_dir, node_name, record, notes = _settings(root_dir, manifest_dir, node_name)
     unknown = list(UNKNOWN_WITHOUT_DAEMON)

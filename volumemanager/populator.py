@@ -21,12 +21,6 @@ from volumemanager.sources.base import SourceHealth
 
 log = logging.getLogger(__name__)
 
-EMPTY_DIR = "kubernetes.io/empty-dir"
-HOST_PATH = "kubernetes.io/host-path"
-NFS = "kubernetes.io/nfs"
-CSI = "kubernetes.io/csi"
-LOCAL = "kubernetes.io/local-volume"
-
 
 class Unresolvable(Exception):
     def __init__(self, reason: str, waiting_for: str | None = None, plugin_name: str | None = None) -> None:
@@ -36,18 +30,11 @@ class Unresolvable(Exception):
         self.plugin_name = plugin_name
 
 
-def _plugin_for_source(source: object) -> str:
-    if isinstance(source, m.EmptyDirSource):
-        return EMPTY_DIR
-    if isinstance(source, m.HostPathSource):
-        return HOST_PATH
-    if isinstance(source, m.NFSSource):
-        return NFS
-    if isinstance(source, m.CSISource):
-        return CSI
-    if isinstance(source, m.LocalSource):
-        return LOCAL
-    raise Unresolvable(f"unsupported volume source {type(source).__name__}")
+def _plugin_for_source(plugins: PluginRegistry, source: object) -> str:
+    plugin = plugins.find_for_source(source)
+    if plugin is None:
+        raise Unresolvable(f"unsupported volume source {type(source).__name__}")
+    return plugin.name
 
 
 @dataclass(frozen=True)
@@ -122,13 +109,14 @@ def _bindings_of(snap: m.Snapshot) -> dict[str, str]:
 
 
 def resolve_volume(
-    pod: m.Pod, vol: m.PodVolume, snap: m.Snapshot, bindings: Mapping[str, str] | None = None
+    pod: m.Pod, vol: m.PodVolume, snap: m.Snapshot, plugins: PluginRegistry,
+    bindings: Mapping[str, str] | None = None,
 ) -> VolumeSpec:
     """The spec of one pod volume, or ``Unresolvable`` with the reason. ``bindings`` (from
     :func:`bind_claims`) says which claim gets each PV; None means it is computed here."""
     src = vol.source
     if not isinstance(src, m.PVCSource):
-        plugin = _plugin_for_source(src)
+        plugin = _plugin_for_source(plugins, src)
         read_only = bool(getattr(src, "read_only", False))
         return VolumeSpec(name=vol.name, plugin_name=plugin, source=src, read_only=read_only)
     claim_key = f"{pod.namespace}/{src.claim_name}"
@@ -167,7 +155,7 @@ def resolve_volume(
         raise Unresolvable(
             f"volumeMode mismatch: claim {claim_key} wants {claim_mode}, persistentvolume {pv.name} is {pv.volume_mode}"
         )
-    plugin = _plugin_for_source(pv.source)
+    plugin = _plugin_for_source(plugins, pv.source)
     read_only = src.read_only or bool(getattr(pv.source, "read_only", False))
     return VolumeSpec(
         name=pv.name,
@@ -193,7 +181,7 @@ def resolve_pod(
         bindings = _bindings_of(snap)
     for vol in pod.volumes:
         try:
-            spec = resolve_volume(pod, vol, snap, bindings)
+            spec = resolve_volume(pod, vol, snap, plugins, bindings)
             try:
                 plugin = plugins.find(spec.plugin_name)
             except KeyError:

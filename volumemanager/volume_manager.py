@@ -17,14 +17,12 @@ from mount_utils.mounter import LinuxMounter
 from operation_executor.executor import OperationExecutor, OperationOutcome
 from operation_executor.generator import OperationGenerator
 from operation_executor.journal import IntentJournal
-from operation_executor.plugin import PluginRegistry
 from volumemanager import status as st
 from volumemanager.cache.actual_state import ActualStateOfWorld
 from volumemanager.cache.desired_state import DesiredStateOfWorld
 from volumemanager.config import DaemonConfig
 from volumemanager.plugin_host import DaemonPluginHost
-from volumemanager.plugins.empty_dir import EmptyDirPlugin
-from volumemanager.plugins.host_path import HostPathPlugin
+from volumemanager.plugins import build_plugins
 from volumemanager.populator import DesiredStatePopulator
 from volumemanager.reconciler import Reconciler
 
@@ -33,23 +31,6 @@ log = logging.getLogger(__name__)
 
 class NoSuchPod(LookupError):
     pass
-
-
-def build_plugins(host: DaemonPluginHost, driver_registry=None) -> PluginRegistry:
-    """Every built-in plugin. CSI needs the driver registry; the others only the host."""
-    from volumemanager.plugins.csi import CSIPlugin
-    from volumemanager.plugins.local import LocalPlugin
-    from volumemanager.plugins.nfs import NFSPlugin
-
-    if driver_registry is None:
-        from volumemanager.csi.registry import DriverRegistry
-
-        driver_registry = DriverRegistry()
-    reg = PluginRegistry()
-    for plugin in (EmptyDirPlugin(host), HostPathPlugin(host), LocalPlugin(host), NFSPlugin(host),
-                   CSIPlugin(host, driver_registry)):
-        reg.register(plugin)
-    return reg
 
 
 def _csi_client_factory(timeout: float):

@@ -15,7 +15,7 @@ from volumemanager.manifests.loader import load_bytes
 from volumemanager.manifests.models import PersistentVolume, PersistentVolumeClaim, Pod, Secret, Snapshot
 from volumemanager.plugin_host import DaemonPluginHost
 from volumemanager.populator import resolve_pod
-from volumemanager.volume_manager import build_plugins
+from volumemanager.plugins import build_plugins
 
 ROOT = "/nonexistent/vm-root"
 PLUGINS = build_plugins(DaemonPluginHost(ROOT, "n", FakeMounter()))

@@ -18,7 +18,7 @@ from volumemanager.manifests.models import PersistentVolume, PersistentVolumeCla
 from volumemanager.plugin_host import DaemonPluginHost
 from volumemanager.populator import DesiredStatePopulator, HostPodVolume, bind_claims
 from volumemanager.sources.base import SourceHealth
-from volumemanager.volume_manager import build_plugins
+from volumemanager.plugins import build_plugins
 
 PLUGINS = build_plugins(DaemonPluginHost("/nonexistent/vm-root", "n", FakeMounter()))
 

@@ -1,0 +1,38 @@
+"""The built-in volume plugins, one module each, and their registration.
+
+Everything particular to a volume type lives in its module (see
+``operation_executor.plugin.VolumePlugin``); adding a plugin is its module, its tests and one
+line in :func:`build_plugins`.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from operation_executor.plugin import PluginHost, PluginRegistry
+
+if TYPE_CHECKING:
+    from volumemanager.csi.registry import DriverRegistry
+
+
+def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = None) -> PluginRegistry:
+    """Every built-in plugin. CSI needs the driver registry (a fresh empty one when None);
+    the others only the host. Imported here, not at the top, so that importing one plugin
+    module does not load them all."""
+    from volumemanager.plugins.csi import CSIPlugin
+    from volumemanager.plugins.empty_dir import EmptyDirPlugin
+    from volumemanager.plugins.host_path import HostPathPlugin
+    from volumemanager.plugins.local import LocalPlugin
+    from volumemanager.plugins.nfs import NFSPlugin
+
+    if driver_registry is None:
+        from volumemanager.csi.registry import DriverRegistry
+
+        driver_registry = DriverRegistry()
+    reg = PluginRegistry()
+    reg.register(EmptyDirPlugin(host))
+    reg.register(HostPathPlugin(host))
+    reg.register(LocalPlugin(host))
+    reg.register(NFSPlugin(host))
+    reg.register(CSIPlugin(host, driver_registry))
+    return reg

@@ -23,12 +23,13 @@ import hashlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from operation_executor.errors import FinalError, OperationError, UncertainError, WaitingError
-from operation_executor.plugin import PluginHost, VolumePlugin
+from operation_executor.plugin import PluginHost, StagedDevice, VolumePlugin
 from operation_executor.types import BLOCK, PodRef, SecretRef, VolumeSpec
 from volumemanager.csi.registry import DriverInfo, DriverRegistry
+from volumemanager.manifests.models import CSISource
 
 if TYPE_CHECKING:  # the client imports gRPC: loaded when a CSI volume is first handled
     from volumemanager.csi.client import CSINodeClient
@@ -94,6 +95,36 @@ def read_vol_data(path: str) -> dict[str, str] | None:
     if not isinstance(data, dict):
         raise FinalError(f"{path} does not hold a JSON object", code="BAD_VOL_DATA")
     return {str(k): str(v) for k, v in data.items()}
+
+
+def _read_vol_data_leniently(path: str) -> dict:
+    """``vol_data.json`` at restart: a missing or unreadable file is no data (the volume is then
+    handled as one without a spec), never a reason to stop the reconstruction."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        return data if isinstance(data, dict) else {}
+    except (OSError, ValueError):
+        return {}
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def spec_from_vol_data(name: str, vol_data: Mapping[str, Any]) -> VolumeSpec | None:
+    """A spec rebuilt from a saved ``vol_data.json``; None without a driver name."""
+    driver = vol_data.get("driverName")
+    handle = vol_data.get("volumeHandle")
+    if not isinstance(driver, str) or not driver:
+        return None
+    ephemeral = vol_data.get("volumeLifecycleMode") == LIFECYCLE_EPHEMERAL
+    source = CSISource(driver=driver, volume_handle=None if ephemeral else handle, fs_type=None,
+                       volume_attributes={}, read_only=False)
+    return VolumeSpec(name=vol_data.get("specVolID") or name, plugin_name=PLUGIN_NAME, source=source, pv_name=name)
 
 
 def _remove_file(path: str) -> None:
@@ -205,6 +236,32 @@ class CSIPlugin(VolumePlugin):
         return self.is_device_mountable(spec) and info.has(CAP_STAGE)
 
     # --- identity -------------------------------------------------------------------------
+
+    def can_support(self, source: object) -> bool:
+        return isinstance(source, CSISource)
+
+    # --- on-disk knowledge ----------------------------------------------------------------
+
+    def pod_mount_path_on_disk(self, volume_dir: str, block: bool) -> str:
+        return volume_dir if block else os.path.join(volume_dir, POD_MOUNT_DIR)
+
+    def construct_volume_spec(self, volume_name: str, volume_dir: str) -> VolumeSpec | None:
+        return spec_from_vol_data(volume_name, _read_vol_data_leniently(os.path.join(volume_dir, VOL_DATA_FILE)))
+
+    def find_staged_devices(self) -> Iterable[StagedDevice]:
+        """``<plugin dir>/<driver>/<sha256 of the handle>/globalmount`` with its ``vol_data.json``."""
+        csi_dir = self.host.plugin_dir(self.name)
+        for driver in _listdir(csi_dir):
+            for sha in _listdir(os.path.join(csi_dir, driver)):
+                vol_data = _read_vol_data_leniently(os.path.join(csi_dir, driver, sha, VOL_DATA_FILE))
+                spec = spec_from_vol_data(vol_data.get("volumeHandle", sha), vol_data)
+                if spec is None or spec.source.volume_handle is None:
+                    continue
+                yield StagedDevice(self.volume_id(spec, None), os.path.join(csi_dir, driver, sha, GLOBAL_MOUNT_DIR),
+                                   spec)
+
+    def device_mount_is_mount_point(self, spec: VolumeSpec) -> bool:
+        return False  # a driver may stage without a mount: the directory is the stage
 
     def is_device_mountable(self, spec: VolumeSpec) -> bool:
         # kubelet's CanDeviceMount: false only for ephemeral inline volumes.

@@ -16,6 +16,7 @@ from operation_executor.errors import FinalError, UncertainError
 from operation_executor.executor import QUICK_LANE
 from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
+from volumemanager.manifests.models import EmptyDirSource
 from volumemanager.plugins.fsutil import TreeRemovalRefused, busy_message, remove_tree_one_filesystem, teardown_error
 
 
@@ -30,6 +31,14 @@ HOLDER_SCAN_DEADLINE_SECONDS = 1.0
 class EmptyDirPlugin(VolumePlugin):
     name = EMPTY_DIR_PLUGIN
     durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
+    statvfs_stats = True
+
+    def can_support(self, source: object) -> bool:
+        return isinstance(source, EmptyDirSource)
+
+    def pod_dir_is_mount_point(self, spec: VolumeSpec) -> bool:
+        """On the node's disk an emptyDir is a plain directory; only Memory is a tmpfs mount."""
+        return getattr(spec.source, "medium", "") == "Memory"
 
     def operation_lane(self, spec: VolumeSpec) -> str:
         return QUICK_LANE  # mkdir and a tmpfs mount (a tree removal on teardown): local only

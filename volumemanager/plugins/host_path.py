@@ -17,6 +17,7 @@ from mount_utils.paths import safe_create_file, safe_makedirs
 from operation_executor.errors import FinalError, WaitingError
 from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
+from volumemanager.manifests.models import HostPathSource
 from volumemanager.plugins.fsutil import teardown_error
 
 HOST_PATH_PLUGIN = "kubernetes.io/host-path"
@@ -40,6 +41,10 @@ class HostPathPlugin(VolumePlugin):
     durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
     # The default lane, not the quick one: the host path may sit on a dead NFS mount, where
     # its stat or bind blocks; that must cost one general worker, not the emptyDir workers.
+    statvfs_stats = True
+
+    def can_support(self, source: object) -> bool:
+        return isinstance(source, HostPathSource)
 
     def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
         return self.host.pod_volume_dir(pod.uid, self.name, outer_name)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import os
 import stat
-from typing import Mapping
+from typing import Iterable, Mapping
 
 from mount_utils.blank import DeviceCheckError, DeviceInUseError, DeviceOpenError
 from mount_utils.cleanup import cleanup_mount_point
@@ -35,20 +35,29 @@ from mount_utils.format import (
 from mount_utils.options import validate_mount_options
 from mount_utils.paths import PathSafetyError, safe_create_file, safe_makedirs
 from operation_executor.errors import FinalError, TransientError, UncertainError, WaitingError
-from operation_executor.plugin import VolumePlugin
+from operation_executor.plugin import StagedDevice, VolumePlugin
 from operation_executor.types import BLOCK, PodRef, VolumeSpec
 from volumemanager.bounded_io import stats_from_statvfs
+from volumemanager.manifests.models import LocalSource
 
 log = logging.getLogger(__name__)
 
 PLUGIN_NAME = "kubernetes.io/local-volume"
 DEFAULT_FS_TYPE = "ext4"
 DEV_PREFIX = "/dev/"
+GLOBAL_MOUNTS_DIR = "mounts"  # <plugin dir>/mounts/<pv>: a device PV's global mount
 
 #: Modes of what we create: the global mount dir and pod dirs are not for other users; the
 #: empty file a block device is bound onto only needs to exist.
 DIR_MODE = 0o750
 BLOCK_FILE_MODE = 0o600
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return sorted(os.listdir(path))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def is_device_path(path: str) -> bool:
@@ -73,6 +82,17 @@ class LocalPlugin(VolumePlugin):
     """``spec.source`` is duck-typed: ``.path`` and ``.fs_type`` (``LocalSource``)."""
 
     name = PLUGIN_NAME
+    statvfs_stats = True
+
+    def can_support(self, source: object) -> bool:
+        return isinstance(source, LocalSource)
+
+    def find_staged_devices(self) -> Iterable[StagedDevice]:
+        """Every ``<plugin dir>/mounts/<pv>``: the global mounts of device PVs."""
+        mounts = os.path.join(self.host.plugin_dir(self.name), GLOBAL_MOUNTS_DIR)
+        for pv in _listdir(mounts):
+            spec = VolumeSpec(name=pv, plugin_name=self.name, source=None, pv_name=pv)
+            yield StagedDevice(f"{self.name}/{pv}", os.path.join(mounts, pv), spec)
 
     def __init__(self, host) -> None:
         super().__init__(host)
@@ -126,7 +146,7 @@ class LocalPlugin(VolumePlugin):
     def device_mount_path(self, spec: VolumeSpec) -> str | None:
         if not self.is_device_mountable(spec):
             return None
-        return os.path.join(self.host.plugin_dir(self.name), "mounts", spec.name)
+        return os.path.join(self.host.plugin_dir(self.name), GLOBAL_MOUNTS_DIR, spec.name)
 
     def mount_device(self, spec: VolumeSpec, device_path: str | None, device_mount_path: str) -> None:
         """Format the device if (and only if) it is blank, and mount it at the global path."""

@@ -33,6 +33,7 @@ from mount_utils.paths import PathSafetyError, safe_makedirs
 from operation_executor.errors import FinalError, UncertainError
 from operation_executor.plugin import VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
+from volumemanager.manifests.models import NFSSource
 from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs, run_bounded, stats_from_statvfs
 from volumemanager.plugins import netprobe
 from volumemanager.plugins.fsutil import teardown_error
@@ -111,6 +112,9 @@ class NFSPlugin(VolumePlugin):
 
     name = PLUGIN_NAME
     durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
+
+    def can_support(self, source: object) -> bool:
+        return isinstance(source, NFSSource)
 
     def __init__(
         self,
