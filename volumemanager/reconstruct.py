@@ -9,19 +9,50 @@ call once it is allowed to unmount. Nothing here mounts, unmounts or deletes.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+from dataclasses import dataclass, field
+from typing import Callable, Iterable, Protocol
 
+from mount_utils.mountinfo import MountTable
+from operation_executor.plugin import PluginRegistry, VolumePlugin
 from operation_executor.states import DeviceMountState, VolumeMountState
-from operation_executor.types import AttachedVolume, MountedVolume, PodRef, VolumeSpec
+from operation_executor.types import AttachedVolume, MountedVolume, PodRef, VolumeSpec, VolumeToMount
 from volumemanager.plugin_host import unescape_plugin_name
 
 log = logging.getLogger(__name__)
 
-CSI = "kubernetes.io/csi"
-LOCAL = "kubernetes.io/local-volume"
-EMPTY_DIR = "kubernetes.io/empty-dir"
+# The two kinds of pod volume dirs under ``pods/<uid>/``: filesystem views and block devices.
+POD_VOLUME_KINDS = (("volumes", False), ("volumeDevices", True))
+
+
+class ReconstructedStateWriter(Protocol):
+    """The part of the actual state of the world reconstruction writes and reads."""
+
+    def add_reconstructed(self, mv: MountedVolume, device_state: DeviceMountState, device_path: str | None) -> None: ...
+
+    def add_reconstructed_device(self, av: AttachedVolume) -> None: ...
+
+    def get_volume(self, volume_id: str) -> AttachedVolume | None: ...
+
+    def attached_volumes(self) -> list[AttachedVolume]: ...
+
+
+# Which pod ("namespace/name") a UID found on disk belonged to, from the owner record; None when unknown.
+PodOwnerLookup = Callable[[str], "str | None"]
+
+
+@dataclass
+class Reconstruction:
+    """What the scan found, for the log and for tests."""
+
+    adopted: int = 0
+    uncertain: int = 0
+    devices: int = 0
+    cleanup_pods: set[str] = field(default_factory=set)
+
+    def counts(self) -> dict[str, int]:
+        return {"adopted": self.adopted, "uncertain": self.uncertain, "devices": self.devices}
 
 
 def _listdir(path: str) -> list[str]:
@@ -31,46 +62,30 @@ def _listdir(path: str) -> list[str]:
         return []
 
 
-def _read_json(path: str) -> dict:
-    try:
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
-        return data if isinstance(data, dict) else {}
-    except (OSError, ValueError):
-        return {}
-
-
-def _csi_spec_from_disk(name: str, vol_data: dict) -> VolumeSpec | None:
-    from volumemanager.manifests.models import CSISource
-
-    driver = vol_data.get("driverName")
-    handle = vol_data.get("volumeHandle")
-    if not isinstance(driver, str) or not driver:
-        return None
-    ephemeral = vol_data.get("volumeLifecycleMode") == "Ephemeral"
-    source = CSISource(driver=driver, volume_handle=None if ephemeral else handle, fs_type=None,
-                       volume_attributes={}, read_only=False)
-    return VolumeSpec(name=vol_data.get("specVolID") or name, plugin_name=CSI, source=source, pv_name=name)
-
-
-def _recorded_pod(vm, uid: str) -> PodRef:
+def _recorded_pod(pod_owner: PodOwnerLookup, uid: str) -> PodRef:
     """The pod a UID found on disk belonged to, from the owner record; else unknown ("?"),
     which never keeps another pod from that UID."""
-    owners = getattr(vm, "pod_owners", None)
-    key = owners.get(uid) if owners is not None else None
+    key = pod_owner(uid)
     if key and key.count("/") == 1:
         namespace, name = key.split("/")
         return PodRef(uid, namespace, name)
     return PodRef(uid, "?", uid)
 
 
-def reconstruct_actual_state(vm) -> dict:
-    """Fill ``vm.asw`` from disk. Returns counts for the log."""
-    host, plugins, asw = vm.host, vm.plugins, vm.asw
-    table = vm.mounter.mount_table()
-    desired_mounts: dict[str, object] = {}
-    desired_devices: dict[str, object] = {}
-    for vtm in vm.dsw.volumes_to_mount():
+def reconstruct_actual_state(
+    pods_dir: str,
+    plugins: PluginRegistry,
+    table: MountTable,
+    desired: Iterable[VolumeToMount],
+    asw: ReconstructedStateWriter,
+    pod_owner: PodOwnerLookup = lambda uid: None,
+) -> Reconstruction:
+    """Fill ``asw`` from what is under ``pods_dir`` and the plugins' dirs, given the mount
+    ``table`` and the ``desired`` volumes. Plugin-agnostic: each plugin says where its pod view
+    is, how to rebuild a spec, which stages it may have left and what counts as present."""
+    desired_mounts: dict[str, tuple[VolumeToMount, VolumePlugin]] = {}
+    desired_devices: dict[str, tuple[VolumeToMount, VolumePlugin]] = {}
+    for vtm in desired:
         try:
             plugin = plugins.find(vtm.plugin_name)
         except KeyError:
@@ -80,115 +95,111 @@ def reconstruct_actual_state(vm) -> dict:
             dmp = plugin.device_mount_path(vtm.spec)
             if dmp:
                 desired_devices[dmp] = (vtm, plugin)
-    counts = {"adopted": 0, "uncertain": 0, "devices": 0, "interrupted": 0}
-    cleanup_pods: set[str] = set()
+    out = Reconstruction()
 
     def device_state_of(path: str | None) -> DeviceMountState:
         return DeviceMountState.MOUNTED if path and table.is_mount_point(path) else DeviceMountState.UNCERTAIN
 
-    for uid in _listdir(host.pods_dir):
-        for kind in ("volumes", "volumeDevices"):
-            base = os.path.join(host.pods_dir, uid, kind)
+    for uid in _listdir(pods_dir):
+        for kind, block in POD_VOLUME_KINDS:
+            base = os.path.join(pods_dir, uid, kind)
             for escaped in _listdir(base):
                 plugin_name = unescape_plugin_name(escaped)
+                try:
+                    plugin = plugins.find(plugin_name)
+                except KeyError:
+                    plugin = None
                 for name in _listdir(os.path.join(base, escaped)):
                     vol_dir = os.path.join(base, escaped, name)
-                    mount_path = os.path.join(vol_dir, "mount") if plugin_name == CSI and kind == "volumes" else vol_dir
+                    if plugin is None:
+                        log.warning("found %s of unknown plugin %s; leaving it alone", vol_dir, plugin_name)
+                        continue
+                    mount_path = plugin.pod_mount_path_on_disk(vol_dir, block)
                     mounted = table.is_mount_point(mount_path)
                     found = desired_mounts.get(mount_path)
                     if found is not None:
-                        vtm, plugin = found
-                        # emptyDir on disk is a plain directory: its existence is the mount.
-                        present = mounted or (plugin_name == EMPTY_DIR and getattr(vtm.spec.source, "medium", "") != "Memory")
-                        if not present:
+                        vtm, dplugin = found
+                        if not dplugin.is_present_on_disk(vtm.spec, mount_path, mounted):
                             continue
-                        dmp = plugin.device_mount_path(vtm.spec) if vtm.device_mountable else None
+                        dmp = dplugin.device_mount_path(vtm.spec) if vtm.device_mountable else None
                         asw.add_reconstructed(
                             MountedVolume(vtm.volume_id, vtm.pod, vtm.outer_name, vtm.spec, vtm.plugin_name,
                                           mount_path, VolumeMountState.MOUNTED, dmp),
                             device_state_of(dmp), None,
                         )
-                        counts["adopted"] += 1
+                        out.adopted += 1
                         continue
                     # Not desired: tear it down once allowed, through the plugin's reverse call.
-                    spec = None
-                    if plugin_name == CSI:
-                        spec = _csi_spec_from_disk(name, _read_json(os.path.join(vol_dir, "vol_data.json")))
-                        if spec is None and not mounted:
-                            continue
+                    spec = plugin.construct_volume_spec(name, vol_dir)
                     if spec is None:
+                        if not mounted:
+                            continue
                         spec = VolumeSpec(name=name, plugin_name=plugin_name, source=None)
-                    try:
-                        plugin = plugins.find(plugin_name)
-                    except KeyError:
-                        log.warning("found %s of unknown plugin %s; leaving it alone", vol_dir, plugin_name)
-                        continue
-                    pod = _recorded_pod(vm, uid)
-                    dm = plugin_name == CSI and spec.source is not None and spec.source.volume_handle is not None
+                    pod = _recorded_pod(pod_owner, uid)
+                    dm = spec.source is not None and plugin.is_device_mountable(spec)
                     volume_id = plugin.volume_id(spec, pod) if spec.source is not None else f"{plugin_name}/{uid}-{name}"
                     dmp = plugin.device_mount_path(spec) if dm else None
                     asw.add_reconstructed(
                         MountedVolume(volume_id, pod, name, spec, plugin_name, mount_path, VolumeMountState.UNCERTAIN, dmp),
                         device_state_of(dmp), None,
                     )
-                    counts["uncertain"] += 1
-                    cleanup_pods.add(uid)
+                    out.uncertain += 1
+                    out.cleanup_pods.add(uid)
 
     # Staged devices whose pods are all gone (a crash between unpublish and unstage).
-    for dmp, (vtm, plugin) in desired_devices.items():
+    for dmp, (vtm, _plugin) in desired_devices.items():
         if table.is_mount_point(dmp) and asw.get_volume(vtm.volume_id) is None:
             asw.add_reconstructed_device(AttachedVolume(vtm.volume_id, vtm.spec, vtm.plugin_name, True,
                                                         DeviceMountState.MOUNTED, None, dmp, frozenset()))
-            counts["devices"] += 1
+            out.devices += 1
     known_devices = {av.device_mount_path for av in asw.attached_volumes() if av.device_mount_path}
-    local_mounts = os.path.join(host.plugin_dir(LOCAL), "mounts")
-    for pv in _listdir(local_mounts):
-        dmp = os.path.join(local_mounts, pv)
-        if dmp in known_devices or not table.is_mount_point(dmp):
-            continue
-        spec = VolumeSpec(name=pv, plugin_name=LOCAL, source=None, pv_name=pv)
-        asw.add_reconstructed_device(AttachedVolume(f"{LOCAL}/{pv}", spec, LOCAL, True, DeviceMountState.UNCERTAIN,
-                                                    None, dmp, frozenset()))
-        counts["devices"] += 1
-    csi_dir = host.plugin_dir(CSI)
-    for driver in _listdir(csi_dir):
-        for sha in _listdir(os.path.join(csi_dir, driver)):
-            dmp = os.path.join(csi_dir, driver, sha, "globalmount")
-            if dmp in known_devices or not os.path.isdir(dmp):
+    for plugin in plugins.plugins():
+        for staged in plugin.find_staged_devices():
+            dmp = staged.device_mount_path
+            if dmp in known_devices:
                 continue
-            vol_data = _read_json(os.path.join(csi_dir, driver, sha, "vol_data.json"))
-            spec = _csi_spec_from_disk(vol_data.get("volumeHandle", sha), vol_data)
-            if spec is None or spec.source.volume_handle is None:
+            present = (table.is_mount_point(dmp) if plugin.device_mount_is_mount_point(staged.spec)
+                       else os.path.isdir(dmp))
+            if not present:
                 continue
-            volume_id = f"{CSI}/{spec.source.driver}^{spec.source.volume_handle}"
-            asw.add_reconstructed_device(AttachedVolume(volume_id, spec, CSI, True, DeviceMountState.UNCERTAIN,
-                                                        None, dmp, frozenset()))
-            counts["devices"] += 1
-    journal = getattr(vm, "journal", None)
-    if journal is not None and hasattr(journal, "open_intents"):
-        interrupted = journal.open_intents()
-        counts["interrupted"] = len(interrupted)
-        if journal.rebooted:
-            log.info("the node rebooted since the last run (boot id changed): staging will be redone")
-        for rec in interrupted:
-            # Every step is idempotent and the disk scan above found what each one left
-            # behind: desired volumes are redone, the rest is undone with the reverse call.
-            log.warning("step %s of %s (pod %s) was interrupted by the last stop; it will be finished or undone",
-                        rec.get("step"), rec.get("volume_id"), rec.get("pod_uid") or "-",
-                        extra={"operation": rec.get("step"), "volume": rec.get("volume_id")})
-            vm.interrupted_at_start.append({k: rec.get(k) for k in ("step", "volume_id", "pod_uid", "t")})
-        journal.forget_previous()
-    if any(counts.values()):
+            asw.add_reconstructed_device(AttachedVolume(staged.volume_id, staged.spec, plugin.name, True,
+                                                        DeviceMountState.UNCERTAIN, None, dmp, frozenset()))
+            out.devices += 1
+    return out
+
+
+def take_interrupted(journal) -> list[dict]:
+    """The steps the last stop interrupted, from the intent journal (then forgotten): each is
+    logged, and returned for ``status``. Every step is idempotent and the disk scan found what
+    each one left behind: desired volumes are redone, the rest is undone with the reverse call."""
+    if journal is None or not hasattr(journal, "open_intents"):
+        return []
+    interrupted = journal.open_intents()
+    if journal.rebooted:
+        log.info("the node rebooted since the last run (boot id changed): staging will be redone")
+    out = []
+    for rec in interrupted:
+        log.warning("step %s of %s (pod %s) was interrupted by the last stop; it will be finished or undone",
+                    rec.get("step"), rec.get("volume_id"), rec.get("pod_uid") or "-",
+                    extra={"operation": rec.get("step"), "volume": rec.get("volume_id")})
+        out.append({k: rec.get(k) for k in ("step", "volume_id", "pod_uid", "t")})
+    journal.forget_previous()
+    return out
+
+
+def log_reconstruction(found: Reconstruction, interrupted: int, desired_read_whole: bool,
+                       source_problems: Callable[[], str]) -> None:
+    """The start-up log lines: what was found and what will happen to it."""
+    counts = found.counts()
+    if any(counts.values()) or interrupted:
         log.info("reconstructed actual state: %(adopted)d adopted, %(uncertain)d to clean up, %(devices)d staged devices",
                  counts)
-    populator = getattr(vm, "populator", None)
-    if counts["uncertain"] and populator is not None and not populator.has_added_pods:
+    if found.uncertain and not desired_read_whole:
         # The desired state is unknown (its source could not be read): what was found is kept,
         # and re-adopted by the pods that turn out to want it once the source is read whole.
         log.warning("kept %d volumes of %d pods found on disk: the desired state has not been read whole "
-                    "(%s); nothing is torn down until it is", counts["uncertain"], len(cleanup_pods),
-                    "; ".join(h.describe() for h in populator.source_healths() if not h.ok) or "not read yet")
-    elif counts["uncertain"]:
+                    "(%s); nothing is torn down until it is", found.uncertain, len(found.cleanup_pods),
+                    source_problems() or "not read yet")
+    elif found.uncertain:
         log.info("%d volumes of %d pods found on disk are not desired: they will be torn down",
-                 counts["uncertain"], len(cleanup_pods))
-    return counts
+                 found.uncertain, len(found.cleanup_pods))

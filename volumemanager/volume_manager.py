@@ -217,10 +217,17 @@ class VolumeManager:
             self.on_tick()
 
     def reconstruct(self) -> None:
-        from volumemanager.reconstruct import reconstruct_actual_state
+        from volumemanager import reconstruct as rc
 
         try:
-            reconstruct_actual_state(self)
+            found = rc.reconstruct_actual_state(self.host.pods_dir, self.plugins, self.mounter.mount_table(),
+                                                self.dsw.volumes_to_mount(), self.asw, self.pod_owners.get)
+            interrupted = rc.take_interrupted(self.journal)
+            self.interrupted_at_start.extend(interrupted)
+            populator = self.populator
+            rc.log_reconstruction(
+                found, len(interrupted), populator.has_added_pods,
+                lambda: "; ".join(h.describe() for h in populator.source_healths() if not h.ok))
         finally:
             self._reconstructed = True
 
