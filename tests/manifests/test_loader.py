@@ -324,7 +324,7 @@ def test_invalid_document_does_not_affect_the_others():
         ("kind: Pod\nmetadata: {name: a}\nspec: {volumes: [{name: A_b, emptyDir: {}}]}", "spec.volumes[0].name", "lower case"),
         ("kind: Pod\nmetadata: {name: a}\nspec: {volumes: [{name: x}]}", "spec.volumes[0]", "must specify a volume type"),
         ("kind: Pod\nmetadata: {name: a}\nspec: {volumes: [{name: x, emptyDir: {}, hostPath: {path: /a}}]}", "spec.volumes[0]", "only one volume type"),
-        ("kind: Pod\nmetadata: {name: a}\nspec: {volumes: [{name: x, configMap: {name: c}}]}", "spec.volumes[0].configMap", "unsupported volume type"),
+        ("kind: Pod\nmetadata: {name: a}\nspec: {volumes: [{name: x, gitRepo: {repository: r}}]}", "spec.volumes[0].gitRepo", "unsupported volume type"),
         ("kind: Pod\nmetadata: {name: a}\nspec: {volumes: [{name: x, emptyDir: {}}, {name: x, emptyDir: {}}]}", "spec.volumes[1].name", "duplicate volume name"),
         ("kind: Pod\nmetadata: {name: a}\nspec: {volumes: [{name: x, emptyDir: {sizeLimit: 12Q}}]}", "spec.volumes[0].emptyDir.sizeLimit", "not a quantity"),
         ("kind: Pod\nmetadata: {name: a}\nspec: {volumes: [{name: x, emptyDir: {sizeLimit: -1Gi}}]}", "spec.volumes[0].emptyDir.sizeLimit", "negative"),

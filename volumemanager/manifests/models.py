@@ -9,7 +9,8 @@ without copying; the ``dict`` fields are plain dicts that by convention nobody m
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any, Union
 
 from operation_executor.types import SecretRef
@@ -35,7 +36,33 @@ KIND_POD = "Pod"
 KIND_PV = "PersistentVolume"
 KIND_PVC = "PersistentVolumeClaim"
 KIND_SECRET = "Secret"
-KINDS = (KIND_POD, KIND_PV, KIND_PVC, KIND_SECRET)
+KIND_CONFIGMAP = "ConfigMap"
+KIND_STORAGECLASS = "StorageClass"
+KIND_CSIDRIVER = "CSIDriver"
+KIND_VOLUMESNAPSHOTCLASS = "VolumeSnapshotClass"
+KIND_VOLUMESNAPSHOT = "VolumeSnapshot"
+KINDS = (
+    KIND_POD, KIND_PV, KIND_PVC, KIND_SECRET, KIND_CONFIGMAP, KIND_STORAGECLASS, KIND_CSIDRIVER,
+    KIND_VOLUMESNAPSHOTCLASS, KIND_VOLUMESNAPSHOT,
+)
+# The apiVersion each kind is written with, as in Kubernetes; a document may also leave it out.
+KIND_API_VERSIONS = {
+    KIND_POD: "v1",
+    KIND_PV: "v1",
+    KIND_PVC: "v1",
+    KIND_SECRET: "v1",
+    KIND_CONFIGMAP: "v1",
+    KIND_STORAGECLASS: "storage.k8s.io/v1",
+    KIND_CSIDRIVER: "storage.k8s.io/v1",
+    KIND_VOLUMESNAPSHOTCLASS: "snapshot.storage.k8s.io/v1",
+    KIND_VOLUMESNAPSHOT: "snapshot.storage.k8s.io/v1",
+}
+# Kinds without a namespace: their identity's namespace is "".
+CLUSTER_SCOPED_KINDS = frozenset(
+    {KIND_PV, KIND_STORAGECLASS, KIND_CSIDRIVER, KIND_VOLUMESNAPSHOTCLASS}
+)
+DEFAULT_MODE = 0o644  # Kubernetes' default file mode for configMap/secret/downwardAPI/projected
+SNAPSHOT_API_GROUP = "snapshot.storage.k8s.io"
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +132,129 @@ class CSISource:
         return self.volume_handle is None
 
 
-PodVolumeSource = Union[EmptyDirSource, HostPathSource, NFSSource, PVCSource, CSISource]
-PVSource = Union[LocalSource, HostPathSource, NFSSource, CSISource]
+@dataclass(frozen=True, slots=True)
+class KeyToPath:
+    """One ``items[]`` entry of a configMap/secret volume: which key goes to which file.
+    ``path`` is relative, has no '..' component and no leading '/'."""
+
+    key: str
+    path: str
+    mode: int | None  # 0..0o777; None = the volume's defaultMode
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapVolumeSource:
+    name: str
+    items: tuple[KeyToPath, ...]  # empty = every key, as a file named after the key
+    default_mode: int
+    optional: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SecretVolumeSource:
+    secret_name: str
+    items: tuple[KeyToPath, ...]
+    default_mode: int
+    optional: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectFieldSelector:
+    """``fieldRef``: one of metadata.name/namespace/uid/labels/annotations, or
+    ``metadata.labels['k']`` / ``metadata.annotations['k']``."""
+
+    field_path: str
+    api_version: str = "v1"
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceFieldSelector:
+    """``resourceFieldRef``: a container's limits/requests of cpu, memory or ephemeral-storage,
+    divided by ``divisor`` (exact: "1m" of cpu is Fraction(1, 1000))."""
+
+    container_name: str
+    resource: str
+    divisor: Fraction
+
+
+@dataclass(frozen=True, slots=True)
+class DownwardAPIVolumeFile:
+    path: str
+    field_ref: ObjectFieldSelector | None  # exactly one of field_ref/resource_field_ref is set
+    resource_field_ref: ResourceFieldSelector | None
+    mode: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class DownwardAPISource:
+    items: tuple[DownwardAPIVolumeFile, ...]
+    default_mode: int
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigMapProjection:
+    name: str
+    items: tuple[KeyToPath, ...]
+    optional: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SecretProjection:
+    name: str
+    items: tuple[KeyToPath, ...]
+    optional: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DownwardAPIProjection:
+    items: tuple[DownwardAPIVolumeFile, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceAccountTokenProjection:
+    path: str
+    audience: str  # "" = the API server's audience
+    expiration_seconds: int  # >= 600; default 3600
+
+
+VolumeProjection = Union[
+    ConfigMapProjection, SecretProjection, DownwardAPIProjection, ServiceAccountTokenProjection
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectedSource:
+    sources: tuple[VolumeProjection, ...]
+    default_mode: int
+
+
+@dataclass(frozen=True, repr=False)
+class FlexVolumeSource:
+    """A pod's ``flexVolume`` or a PV's ``spec.flexVolume``. ``driver`` is "vendor/driver" (or
+    one name); a pod's secret ref gets the pod's namespace. repr shows only the option keys:
+    drivers are often handed credentials in options."""
+
+    driver: str
+    fs_type: str | None
+    secret_ref: SecretRef | None
+    read_only: bool
+    options: dict[str, str]
+
+    def __repr__(self) -> str:
+        return (
+            f"FlexVolumeSource(driver={self.driver!r}, fs_type={self.fs_type!r}, "
+            f"secret_ref={self.secret_ref!r}, read_only={self.read_only!r}, "
+            f"option_keys={sorted(self.options)!r})"
+        )
+
+    __str__ = __repr__
+
+
+PodVolumeSource = Union[
+    EmptyDirSource, HostPathSource, NFSSource, PVCSource, CSISource, ConfigMapVolumeSource,
+    SecretVolumeSource, DownwardAPISource, ProjectedSource, FlexVolumeSource,
+]
+PVSource = Union[LocalSource, HostPathSource, NFSSource, CSISource, FlexVolumeSource]
 
 
 # --- top-level objects ----------------------------------------------------------------------
@@ -124,6 +272,22 @@ def derived_pod_uid(namespace: str, name: str) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"volumemanager:{namespace}/{name}"))
 
 
+def derived_uid(kind: str, namespace: str, name: str) -> str:
+    """The UID of a namespaced object other than a pod whose manifest gives none: stable across
+    restarts, and never equal to a pod's derived UID (the kind is part of it)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"volumemanager:{kind}:{namespace}/{name}"))
+
+
+@dataclass(frozen=True, slots=True)
+class Container:
+    """What the downward API reads of a container: its name and resources. Quantities are
+    exact (cpu "500m" is Fraction(1, 2)); only cpu, memory and ephemeral-storage are kept."""
+
+    name: str
+    requests: dict[str, Fraction] = field(default_factory=dict)
+    limits: dict[str, Fraction] = field(default_factory=dict)
+
+
 @dataclass(frozen=True)
 class Pod:
     namespace: str
@@ -131,6 +295,13 @@ class Pod:
     uid: str
     volumes: tuple[PodVolume, ...]
     origin: Origin
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    containers: tuple[Container, ...] = ()
+    init_containers: tuple[Container, ...] = ()
+    fs_group: int | None = None  # spec.securityContext.fsGroup
+    fs_group_change_policy: str | None = None  # Always | OnRootMismatch; None = not given (Always)
+    service_account_name: str = "default"
 
     kind = KIND_POD
 
@@ -157,6 +328,9 @@ class PersistentVolume:
     capacity_bytes: int | None
     claim_ref: tuple[str, str] | None  # (namespace, name) of the claim it is reserved for
     origin: Origin
+    reclaim_policy: str = "Retain"  # Retain | Delete (Recycle is refused)
+    storage_class_name: str = ""  # "" = no class
+    annotations: dict[str, str] = field(default_factory=dict)
 
     kind = KIND_PV
 
@@ -176,12 +350,28 @@ class PersistentVolumeClaim:
     # metadata.creationTimestamp (seconds since the epoch), if given: when two claims name
     # the same PV, the older one gets it.
     created: float | None = None
+    uid: str = ""  # metadata.uid, or derived_uid(KIND_PVC, namespace, name) when absent
+    storage_class_name: str | None = None  # None = not given (the default class); "" = no class
+    request_bytes: int | None = None  # spec.resources.requests.storage
+    data_source: TypedObjectReference | None = None
+    data_source_ref: TypedObjectReference | None = None
+    annotations: dict[str, str] = field(default_factory=dict)
 
     kind = KIND_PVC
 
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class TypedObjectReference:
+    """A PVC's dataSource/dataSourceRef: a VolumeSnapshot (api_group snapshot.storage.k8s.io)
+    or a PersistentVolumeClaim (api_group "", the core group), in the claim's namespace."""
+
+    api_group: str
+    kind: str
+    name: str
 
 
 @dataclass(frozen=True, repr=False)
@@ -193,6 +383,8 @@ class Secret:
     name: str
     data: dict[str, bytes]
     origin: Origin
+    type: str = "Opaque"
+    immutable: bool = False
 
     kind = KIND_SECRET
 
@@ -209,14 +401,135 @@ class Secret:
     __str__ = __repr__
 
 
-ManifestObject = Union[Pod, PersistentVolume, PersistentVolumeClaim, Secret]
+@dataclass(frozen=True, repr=False)
+class ConfigMap:
+    """A ConfigMap. Like Secret, repr/str show only the keys: config often holds things that
+    should not end up in logs."""
+
+    namespace: str
+    name: str
+    data: dict[str, str]
+    binary_data: dict[str, bytes]
+    immutable: bool
+    origin: Origin
+
+    kind = KIND_CONFIGMAP
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def __repr__(self) -> str:
+        return (
+            f"ConfigMap(namespace={self.namespace!r}, name={self.name!r}, "
+            f"keys={sorted(self.data)!r}, binary_keys={sorted(self.binary_data)!r}, "
+            f"origin={self.origin!r})"
+        )
+
+    __str__ = __repr__
+
+
+@dataclass(frozen=True, slots=True)
+class TopologySelectorTerm:
+    """One ``allowedTopologies[]`` term: (key, values) pairs that must all match."""
+
+    match_label_expressions: tuple[tuple[str, tuple[str, ...]], ...]
+
+
+@dataclass(frozen=True)
+class StorageClass:
+    """A StorageClass (storage.k8s.io/v1). Cluster-scoped."""
+
+    name: str
+    provisioner: str
+    parameters: dict[str, str]
+    reclaim_policy: str  # Delete (default) | Retain
+    volume_binding_mode: str  # Immediate (default) | WaitForFirstConsumer
+    allow_volume_expansion: bool
+    mount_options: tuple[str, ...]
+    allowed_topologies: tuple[TopologySelectorTerm, ...]
+    origin: Origin
+
+    kind = KIND_STORAGECLASS
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRequest:
+    audience: str
+    expiration_seconds: int | None
+
+
+@dataclass(frozen=True)
+class CSIDriver:
+    """A CSIDriver object (storage.k8s.io/v1): how the kubelet is to treat a driver. The name
+    is the driver's name. Cluster-scoped."""
+
+    name: str
+    attach_required: bool  # default True
+    pod_info_on_mount: bool  # default False
+    fs_group_policy: str  # None | File | ReadWriteOnceWithFSType (default)
+    volume_lifecycle_modes: tuple[str, ...]  # Persistent | Ephemeral; default (Persistent,)
+    requires_republish: bool
+    token_requests: tuple[TokenRequest, ...]
+    origin: Origin
+
+    kind = KIND_CSIDRIVER
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class VolumeSnapshotClass:
+    """A VolumeSnapshotClass (snapshot.storage.k8s.io/v1). Cluster-scoped."""
+
+    name: str
+    driver: str
+    deletion_policy: str  # Delete | Retain
+    parameters: dict[str, str]
+    origin: Origin
+
+    kind = KIND_VOLUMESNAPSHOTCLASS
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+@dataclass(frozen=True)
+class VolumeSnapshot:
+    """A VolumeSnapshot (snapshot.storage.k8s.io/v1) of a claim in its own namespace."""
+
+    namespace: str
+    name: str
+    uid: str  # metadata.uid, or derived_uid(KIND_VOLUMESNAPSHOT, namespace, name)
+    volume_snapshot_class_name: str | None  # None = the default class
+    source_pvc_name: str
+    origin: Origin
+
+    kind = KIND_VOLUMESNAPSHOT
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+ManifestObject = Union[
+    Pod, PersistentVolume, PersistentVolumeClaim, Secret, ConfigMap, StorageClass, CSIDriver,
+    VolumeSnapshotClass, VolumeSnapshot,
+]
 
 
 def object_identity(obj: Any) -> tuple[str, str, str]:
     """(kind, namespace, name): what makes two objects "the same" across files and re-reads.
-    PersistentVolumes are cluster-scoped: their namespace is ""."""
-    if isinstance(obj, PersistentVolume):
-        return (KIND_PV, "", obj.name)
+    Cluster-scoped objects (PersistentVolume, StorageClass, ...) have namespace ""."""
+    if obj.kind in CLUSTER_SCOPED_KINDS:
+        return (obj.kind, "", obj.name)
     return (obj.kind, obj.namespace, obj.name)
 
 
@@ -273,6 +586,11 @@ class Snapshot:
     secrets: dict[tuple[str, str], Secret]  # keyed by (namespace, name)
     errors: tuple[ManifestError, ...]
     generation: int
+    configmaps: dict[tuple[str, str], ConfigMap] = field(default_factory=dict)
+    storageclasses: dict[str, StorageClass] = field(default_factory=dict)
+    csidrivers: dict[str, CSIDriver] = field(default_factory=dict)
+    volumesnapshotclasses: dict[str, VolumeSnapshotClass] = field(default_factory=dict)
+    volumesnapshots: dict[tuple[str, str], VolumeSnapshot] = field(default_factory=dict)
 
     @classmethod
     def empty(cls, generation: int = 0, errors: tuple[ManifestError, ...] = ()) -> Snapshot:
@@ -287,3 +605,18 @@ class Snapshot:
 
     def secret(self, ref: SecretRef) -> Secret | None:
         return self.secrets.get((ref.namespace, ref.name))
+
+    def configmap(self, namespace: str, name: str) -> ConfigMap | None:
+        return self.configmaps.get((namespace, name))
+
+    def storage_class(self, name: str) -> StorageClass | None:
+        return self.storageclasses.get(name)
+
+    def csi_driver(self, name: str) -> CSIDriver | None:
+        return self.csidrivers.get(name)
+
+    def volume_snapshot_class(self, name: str) -> VolumeSnapshotClass | None:
+        return self.volumesnapshotclasses.get(name)
+
+    def volume_snapshot(self, namespace: str, name: str) -> VolumeSnapshot | None:
+        return self.volumesnapshots.get((namespace, name))

@@ -133,6 +133,70 @@ def secret_key_problem(value: object) -> str | None:
     return None
 
 
+RELATIVE_PATH_MAX = 4096  # PATH_MAX: an item path ends up under the volume's directory
+PATH_COMPONENT_MAX = 255  # NAME_MAX
+
+
+def relative_path_problem(value: object) -> str | None:
+    """Why ``value`` cannot be a file path inside a volume (configMap/secret/downwardAPI/
+    projected ``items[].path``), or None. Kubernetes' rule: relative, no '..' component and
+    not starting with '..'; here also no NUL or control characters and Linux's length limits,
+    because the path is created on the host."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if value == "":
+        return "must not be empty"
+    for i, ch in enumerate(value):
+        if ord(ch) < 0x20 or ord(ch) == 0x7F or 0x80 <= ord(ch) < 0xA0:
+            return f"must not contain control or NUL characters (at offset {i})"
+    if value.startswith("/"):
+        return f"{shown(value)} must be a relative path (no leading '/')"
+    parts = value.split("/")
+    if ".." in parts or value.startswith(".."):
+        return f"{shown(value)} must not contain '..'"
+    size = len(value.encode("utf-8", "surrogatepass"))
+    if size > RELATIVE_PATH_MAX:
+        return f"must be no more than {RELATIVE_PATH_MAX} bytes (is {size})"
+    if any(len(p.encode("utf-8", "surrogatepass")) > PATH_COMPONENT_MAX for p in parts):
+        return f"each path component must be no more than {PATH_COMPONENT_MAX} bytes"
+    return None
+
+
+_FLEX_PART_RE = re.compile(r"[A-Za-z0-9][-._A-Za-z0-9]*")
+
+
+def flex_driver_problem(value: object) -> str | None:
+    """Why ``value`` is not a FlexVolume driver name ("vendor/driver" or "driver"), or None.
+    It names a directory (``vendor~driver``) and an executable, so each part is checked."""
+    if not isinstance(value, str):
+        return f"must be a string, not {type(value).__name__}"
+    if value == "":
+        return "must not be empty"
+    if len(value.encode("utf-8", "surrogatepass")) > SUBDOMAIN_MAX:
+        return f"must be no more than {SUBDOMAIN_MAX} bytes"
+    parts = value.split("/")
+    if len(parts) > 2 or not all(_FLEX_PART_RE.fullmatch(p) for p in parts):
+        return (
+            f"{shown(value)} must be 'vendor/driver' or 'driver', each of letters, digits, "
+            "'-', '_' or '.', starting with a letter or digit"
+        )
+    return None
+
+
+_QUALIFIED_NAME_RE = re.compile(r"[A-Za-z0-9](?:[-_.A-Za-z0-9]*[A-Za-z0-9])?")
+
+
+def is_qualified_name(value: object) -> bool:
+    """A label or annotation key: ``[prefix/]name``, prefix a DNS-1123 subdomain, name at most
+    63 characters of alphanumerics, '-', '_', '.' (Kubernetes' IsQualifiedName)."""
+    if not isinstance(value, str):
+        return False
+    prefix, slash, name = value.rpartition("/")
+    if slash and subdomain_problem(prefix) is not None:
+        return False
+    return len(name) <= LABEL_MAX and _QUALIFIED_NAME_RE.fullmatch(name) is not None
+
+
 def _raise_if(problem: str | None, value: object) -> str:
     if problem:
         raise InvalidName(problem)

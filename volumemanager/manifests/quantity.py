@@ -37,14 +37,30 @@ def parse_quantity(value: object) -> int:
     Accepts a string in the grammar above, or an int (YAML ``sizeLimit: 1024``). Raises
     ``ValueError`` with a message that says what is wrong otherwise.
     """
+    number, shown = _parse(value)
+    return _checked(number, shown)
+
+
+def parse_quantity_exact(value: object) -> Fraction:
+    """The exact value of ``value`` (cpu "500m" is 1/2), not negative and at most int64: for
+    resources that are not byte counts (container cpu, a downward API divisor)."""
+    number, shown = _parse(value)
+    if number < 0:
+        raise ValueError(f"{shown} must not be negative")
+    if number > MAX_BYTES:
+        raise ValueError(f"{shown} is too large")
+    return number
+
+
+def _parse(value: object) -> tuple[Fraction, str]:
     if isinstance(value, bool):
         raise ValueError("must be a quantity such as '64Mi', not a boolean")
     if isinstance(value, int):
-        return _checked(Fraction(value), repr(value))
+        return Fraction(value), repr(value)
     if isinstance(value, float):
         if not math.isfinite(value):
             raise ValueError("must be a finite quantity")
-        return _checked(Fraction(repr(value)), repr(value))
+        return Fraction(repr(value)), repr(value)
     if not isinstance(value, str):
         raise ValueError(f"must be a quantity such as '64Mi', not {type(value).__name__}")
     text = value.strip()
@@ -68,7 +84,7 @@ def parse_quantity(value: object) -> int:
         number *= Fraction(10) ** exponent
     else:
         number *= Fraction(10) ** _DECIMAL[match["decimal"] or ""]
-    return _checked(number, repr(text))
+    return number, repr(text)
 
 
 def _checked(number: Fraction, shown: str) -> int:

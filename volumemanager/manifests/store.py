@@ -31,6 +31,8 @@ from typing import Any, Mapping
 from volumemanager.manifests.loader import FileResult, is_manifest_name, load_file
 from volumemanager.manifests.models import (
     KIND_POD,
+    ConfigMap,
+    CSIDriver,
     ManifestError,
     ManifestObject,
     PersistentVolume,
@@ -38,6 +40,9 @@ from volumemanager.manifests.models import (
     Pod,
     Secret,
     Snapshot,
+    StorageClass,
+    VolumeSnapshot,
+    VolumeSnapshotClass,
     object_identity,
 )
 
@@ -251,6 +256,11 @@ class ManifestStore:
         pvs: dict[str, PersistentVolume] = {}
         pvcs: dict[tuple[str, str], PersistentVolumeClaim] = {}
         secrets: dict[tuple[str, str], Secret] = {}
+        configmaps: dict[tuple[str, str], ConfigMap] = {}
+        storageclasses: dict[str, StorageClass] = {}
+        csidrivers: dict[str, CSIDriver] = {}
+        snapshot_classes: dict[str, VolumeSnapshotClass] = {}
+        volume_snapshots: dict[tuple[str, str], VolumeSnapshot] = {}
         owners: dict[tuple[str, str, str], Any] = {}
         errors: list[ManifestError] = list(self._dir_errors)
         candidates: dict[str, list[Pod]] = {}  # uid -> pods claiming it, in path order
@@ -276,6 +286,16 @@ class ManifestStore:
                     pvcs[(obj.namespace, obj.name)] = obj
                 elif isinstance(obj, Secret):
                     secrets[(obj.namespace, obj.name)] = obj
+                elif isinstance(obj, ConfigMap):
+                    configmaps[(obj.namespace, obj.name)] = obj
+                elif isinstance(obj, StorageClass):
+                    storageclasses[obj.name] = obj
+                elif isinstance(obj, CSIDriver):
+                    csidrivers[obj.name] = obj
+                elif isinstance(obj, VolumeSnapshotClass):
+                    snapshot_classes[obj.name] = obj
+                elif isinstance(obj, VolumeSnapshot):
+                    volume_snapshots[(obj.namespace, obj.name)] = obj
                 owners[ident] = obj
         holders: dict[str, tuple[str, str]] = {}
         for uid, claimants in candidates.items():
@@ -299,7 +319,14 @@ class ManifestStore:
             holders[uid] = (winner.namespace, winner.name)
             self._uid_seeds.pop(uid, None)
         self._uid_holders = holders
-        return Snapshot(pods, pvs, pvcs, secrets, tuple(errors), self._generation)
+        return Snapshot(
+            pods, pvs, pvcs, secrets, tuple(errors), self._generation,
+            configmaps=configmaps,
+            storageclasses=storageclasses,
+            csidrivers=csidrivers,
+            volumesnapshotclasses=snapshot_classes,
+            volumesnapshots=volume_snapshots,
+        )
 
 
 def _error_identity(error: ManifestError) -> tuple[str, str, str] | None:
