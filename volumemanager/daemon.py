@@ -57,7 +57,7 @@ class Daemon:
         if getattr(self.metrics, "enabled", False):
             from volumemanager.stats_collector import VolumeStatsCollector
 
-            self._stats = VolumeStatsCollector(self.vm, self.metrics)
+            self._stats = VolumeStatsCollector(self.vm.asw.mounted_volumes, self.vm.plugins, self.metrics)
 
     # --- admin methods --------------------------------------------------------------------
 

@@ -13,9 +13,12 @@ import logging
 import os
 import threading
 import time
+from typing import Callable, Iterable, Protocol
 
 from mount_utils.mounter import LinuxMounter
 from mount_utils.mountinfo import MountInfoWatcher, MountTable
+from operation_executor.plugin import PluginRegistry
+from operation_executor.types import AttachedVolume, MountedVolume
 
 log = logging.getLogger(__name__)
 
@@ -30,23 +33,45 @@ MIN_CHECK_INTERVAL_SECONDS = 1.0
 PERIODIC_CHECK_SECONDS = 60.0
 
 
-def _needs_mount_point(mv) -> bool:
-    """An emptyDir on disk is a plain directory; every other pod view is a mount point."""
-    return not (mv.plugin_name == "kubernetes.io/empty-dir" and getattr(mv.spec.source, "medium", "") != "Memory")
+class WatchedState(Protocol):
+    """The part of the actual state of the world the watcher reads and marks."""
+
+    def mounted_volumes(self) -> list[MountedVolume]: ...
+
+    def attached_volumes(self) -> list[AttachedVolume]: ...
+
+    def mark_volume_uncertain(self, volume_id, pod, outer_name, spec, plugin_name, mount_path,
+                              device_mountable) -> None: ...
+
+    def mark_device_uncertain(self, volume_id, spec, plugin_name, device_path, device_mount_path) -> None: ...
 
 
-def _still_mounted(vm, path: str) -> bool:
-    """Ask the kernel again about a mount the table lacks: the table was read before the
-    actual state was, so an operation that finished in between looks vanished in it."""
+# Whether an operation on (volume id, pod uid or None) is running or queued right now.
+IsPending = Callable[..., bool]
+# Hands volume ids back to the reconciler for its next pass.
+MarkDirty = Callable[[Iterable[str]], None]
+
+
+def _plugin_says(plugins: PluginRegistry, plugin_name: str, ask: Callable, default: bool = True) -> bool:
     try:
-        return vm.mounter.is_mount_point(path)
-    except OSError:
-        return False
+        return ask(plugins.find(plugin_name))
+    except KeyError:
+        return default
 
 
 class MountWatcher:
-    def __init__(self, vm) -> None:
-        self._vm = vm
+    """``mounter`` reads the mount table; ``plugins`` say which views and stages must be
+    mount points; ``asw`` is read and marked; ``is_pending`` and ``mark_dirty`` are the
+    executor's and the reconciler's."""
+
+    def __init__(self, mounter, root_dir: str, asw: WatchedState, plugins: PluginRegistry,
+                 is_pending: IsPending, mark_dirty: MarkDirty) -> None:
+        self._mounter = mounter
+        self._root_dir = root_dir
+        self._asw = asw
+        self._plugins = plugins
+        self._is_pending = is_pending
+        self._mark_dirty = mark_dirty
         self._stop = threading.Event()
         # Written by stop(): wakes the thread out of its poll at once (a daemon restart must
         # not wait out a poll timeout).
@@ -54,7 +79,7 @@ class MountWatcher:
         self._thread = threading.Thread(target=self._run, name="vm-mountinfo", daemon=True)
         self.checks = 0
         # The watcher's own read is the table only when the mounter is the kernel's.
-        self._kernel_table = isinstance(vm.mounter, LinuxMounter)
+        self._kernel_table = isinstance(mounter, LinuxMounter)
 
     def start(self) -> None:
         self._thread.start()
@@ -96,7 +121,7 @@ class MountWatcher:
                             self.check_once()
                         else:
                             # Only our part of the table: every path checked is below the root.
-                            self.check_once(watcher.table(under=self._vm.config.root_dir))
+                            self.check_once(watcher.table(under=self._root_dir))
                     except Exception:  # noqa: BLE001
                         log.exception("mount table check failed")
         finally:
@@ -107,33 +132,44 @@ class MountWatcher:
         """Mark volumes whose mounts vanished as uncertain; returns their ids. ``table`` is a
         mount table read after the change being handled (default: read it now)."""
         self.checks += 1
-        vm = self._vm
         if table is None:
-            table = vm.mounter.mount_table()
+            table = self._mounter.mount_table()
         lost: set[str] = set()
-        for mv in vm.asw.mounted_volumes():
-            if mv.state.value != "mounted" or not _needs_mount_point(mv):
+        asw, plugins = self._asw, self._plugins
+        for mv in asw.mounted_volumes():
+            if mv.state.value != "mounted":
+                continue
+            # A view that is a plain directory (an emptyDir on disk) cannot vanish from the table.
+            if not _plugin_says(plugins, mv.plugin_name, lambda p: p.pod_dir_is_mount_point(mv.spec)):
                 continue
             if table.is_mount_point(mv.mount_path):
                 continue
-            if vm.executor.is_pending(mv.volume_id, mv.pod.uid):
+            if self._is_pending(mv.volume_id, mv.pod.uid):
                 continue  # an operation is changing it right now
-            if not _still_mounted(vm, mv.mount_path):
+            if not self._still_mounted(mv.mount_path):
                 log.warning("mount %s of %s vanished; re-establishing", mv.mount_path, mv.pod.key,
                             extra={"volume": mv.outer_name, "pod": mv.pod.key})
-                vm.asw.mark_volume_uncertain(mv.volume_id, mv.pod, mv.outer_name, mv.spec, mv.plugin_name,
-                                             mv.mount_path, mv.device_mount_path is not None)
+                asw.mark_volume_uncertain(mv.volume_id, mv.pod, mv.outer_name, mv.spec, mv.plugin_name,
+                                          mv.mount_path, mv.device_mount_path is not None)
                 lost.add(mv.volume_id)
-        for av in vm.asw.attached_volumes():
+        for av in asw.attached_volumes():
             if (av.device_mountable and av.device_state.value == "mounted" and av.device_mount_path
-                    and av.plugin_name != "kubernetes.io/csi"  # a driver may stage without a mount
+                    and _plugin_says(plugins, av.plugin_name, lambda p: p.device_mount_is_mount_point(av.spec))
                     and not table.is_mount_point(av.device_mount_path)
-                    and not vm.executor.is_pending(av.volume_id)
-                    and not _still_mounted(vm, av.device_mount_path)):
+                    and not self._is_pending(av.volume_id)
+                    and not self._still_mounted(av.device_mount_path)):
                 log.warning("staging mount %s vanished", av.device_mount_path, extra={"volume": av.volume_id})
-                vm.asw.mark_device_uncertain(av.volume_id, av.spec, av.plugin_name, av.device_path,
-                                             av.device_mount_path)
+                asw.mark_device_uncertain(av.volume_id, av.spec, av.plugin_name, av.device_path,
+                                          av.device_mount_path)
                 lost.add(av.volume_id)
         if lost:
-            vm.reconciler.mark_dirty(lost)
+            self._mark_dirty(lost)
         return lost
+
+    def _still_mounted(self, path: str) -> bool:
+        """Ask the kernel again about a mount the table lacks: the table was read before the
+        actual state was, so an operation that finished in between looks vanished in it."""
+        try:
+            return self._mounter.is_mount_point(path)
+        except OSError:
+            return False

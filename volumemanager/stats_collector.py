@@ -10,7 +10,10 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from typing import Callable
 
+from operation_executor.plugin import PluginRegistry
+from operation_executor.types import MountedVolume
 from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs, stats_from_statvfs
 
 log = logging.getLogger(__name__)
@@ -20,7 +23,9 @@ log = logging.getLogger(__name__)
 VOLUME_STATS_SECONDS = 60.0
 # One statvfs on a healthy local filesystem takes microseconds; longer means it is hung.
 STATVFS_TIMEOUT_SECONDS = 2.0
-LOCAL_FS_PLUGINS = ("kubernetes.io/empty-dir", "kubernetes.io/host-path", "kubernetes.io/local-volume")
+
+# Every pod mount that may be mounted (the actual state's ``mounted_volumes``).
+MountedVolumesReader = Callable[[], "list[MountedVolume]"]
 
 
 def statvfs_dict(path: str) -> dict[str, int]:
@@ -28,8 +33,10 @@ def statvfs_dict(path: str) -> dict[str, int]:
 
 
 class VolumeStatsCollector:
-    def __init__(self, vm, metrics, interval: float = VOLUME_STATS_SECONDS) -> None:
-        self._vm = vm
+    def __init__(self, mounted_volumes: MountedVolumesReader, plugins: PluginRegistry, metrics,
+                 interval: float = VOLUME_STATS_SECONDS) -> None:
+        self._mounted_volumes = mounted_volumes
+        self._plugins = plugins
         self._metrics = metrics
         self._interval = interval
         self._stop = threading.Event()
@@ -53,14 +60,14 @@ class VolumeStatsCollector:
 
     def collect_once(self) -> None:
         seen: set[tuple[str, str]] = set()
-        for mv in self._vm.asw.mounted_volumes():
+        for mv in self._mounted_volumes():
             if mv.state.value != "mounted" or mv.spec.volume_mode == "Block":
                 continue
             stats = None
             try:
-                plugin = self._vm.plugins.find(mv.plugin_name)
+                plugin = self._plugins.find(mv.plugin_name)
                 stats = plugin.volume_stats(mv.spec, mv.mount_path)
-                if stats is None and mv.plugin_name in LOCAL_FS_PLUGINS and os.path.isdir(mv.mount_path):
+                if stats is None and plugin.statvfs_stats and os.path.isdir(mv.mount_path):
                     stats = statvfs_dict(mv.mount_path)
             except (OSError, BoundedIOTimeout, KeyError) as e:
                 log.debug("no stats for %s: %s", mv.mount_path, e)

@@ -206,7 +206,8 @@ class VolumeManager:
             self._start_device_events()
         from volumemanager.mount_watcher import MountWatcher
 
-        self._mount_watcher = MountWatcher(self)
+        self._mount_watcher = MountWatcher(self.mounter, self.config.root_dir, self.asw, self.plugins,
+                                           self.executor.is_pending, self.reconciler.mark_dirty)
         self._mount_watcher.start()
         self._thread = threading.Thread(target=self.reconciler.run, kwargs={"on_tick": self._tick},
                                         name="vm-reconciler", daemon=True)
