@@ -1,8 +1,10 @@
 """``python -m tests.csi_loop --endpoint unix:///path/csi.sock --driver-name NAME --state-dir DIR
-[--registration-dir PLUGINS_REGISTRY_DIR] [--no-stage] [--node-id NODE]``
+[--registration-dir PLUGINS_REGISTRY_DIR] [--no-stage] [--node-id NODE]
+[--controller [--capacity BYTES] [--attach-required] [--topology-key KEY --topology-value VALUE]]``
 
-Serves CSI Identity + Node on the endpoint and, with ``--registration-dir``, the kubelet
-plugin-registration service on ``<registration-dir>/<driver-name>-reg.sock``. SIGTERM/SIGINT
+Serves CSI Identity + Node on the endpoint (and Controller with ``--controller``, on the same
+socket) and, with ``--registration-dir``, the kubelet plugin-registration service on
+``<registration-dir>/<driver-name>-reg.sock``. SIGTERM/SIGINT
 stop it cleanly: sockets are removed, mounts and loop devices stay (like a real driver).
 """
 
@@ -18,7 +20,8 @@ from concurrent import futures
 
 import grpc
 
-from tests.csi_loop.driver import LoopDriver, add_csi_services, add_registration_service
+from tests.csi_loop.controller import LoopController
+from tests.csi_loop.driver import Abort, LoopDriver, add_csi_services, add_registration_service, parse_size
 
 # Worker threads: enough that a call stuck in an injected sleep does not block the others.
 MAX_WORKERS = 8
@@ -57,7 +60,26 @@ def main(argv: list[str] | None = None) -> int:
     # supported CSI version.
     p.add_argument("--registration-type", default="CSIPlugin")
     p.add_argument("--supported-versions", default="1.0.0", help="comma-separated")
+    # The Controller service (see tests/csi_loop/controller.py).
+    p.add_argument("--controller", action="store_true", help="serve the Controller service too")
+    p.add_argument("--capacity", default="10Gi", help="the volume pool's size (sparse files), e.g. 1Gi")
+    p.add_argument(
+        "--attach-required", action="store_true",
+        help="advertise PUBLISH_UNPUBLISH_VOLUME: ControllerPublishVolume attaches the loop device "
+        "and NodeStageVolume refuses a volume not published to this node",
+    )
+    p.add_argument("--topology-key", help="the node's topology segment key (default with --controller: topology.<driver-name>/node)")
+    p.add_argument("--topology-value", help="its value (default: the node id)")
     args = p.parse_args(argv)
+    if args.attach_required and not args.controller:
+        p.error("--attach-required needs --controller")
+    try:
+        capacity = parse_size(args.capacity)
+    except Abort:
+        p.error(f"--capacity {args.capacity!r} is not a size (bytes, or with K/M/G/Ki/Mi/Gi)")
+    topology: dict[str, str] = {}
+    if args.controller or args.topology_key:
+        topology = {args.topology_key or f"topology.{args.driver_name}/node": args.topology_value or args.node_id}
 
     sock = _socket_path(args.endpoint)
     os.makedirs(args.state_dir, exist_ok=True)
@@ -66,7 +88,11 @@ def main(argv: list[str] | None = None) -> int:
         args.driver_name, args.state_dir, args.node_id, not args.no_stage, sock,
         registration_type=args.registration_type,
         supported_versions=tuple(v for v in args.supported_versions.split(",") if v),
+        controller=args.controller, attach_required=args.attach_required, topology=topology,
     )
+    controller = None
+    if args.controller:
+        controller = LoopController(driver, capacity)
 
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -76,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def serve_csi() -> None:
         csi_server = grpc.server(futures.ThreadPoolExecutor(max_workers=MAX_WORKERS))
-        add_csi_services(csi_server, driver)
+        add_csi_services(csi_server, driver, controller)
         _unlink(sock)  # a stale socket of a killed predecessor
         csi_server.add_insecure_port(f"unix://{sock}")
         csi_server.start()

@@ -8,6 +8,11 @@ Behaviour per the CSI spec's Node service, idempotent on every call. Loop-device
 in ``<state-dir>/state.json`` so a restarted plugin finds its loops; every call is logged as one
 JSON line (method, volume id, paths; never secrets) to stderr and ``<state-dir>/calls.log``.
 Faults are read from ``<state-dir>/faults.json`` before each call (see ``Faults``).
+
+With ``--controller`` it also serves the Controller service (``controller.LoopController``):
+volumes are then created by CreateVolume and, with ``--attach-required``, attached by
+ControllerPublishVolume; the node side here then refuses volumes the controller does not know
+or did not publish to this node, and uses the device the controller attached.
 """
 
 from __future__ import annotations
@@ -90,22 +95,35 @@ def dev_of(device: str) -> str:
 
 
 class State:
-    """``state.json``: volume id -> {backing, loop, fs_type, staged, published{target: kind}}."""
+    """``state.json``: ``volumes``: the node side's volume id -> {backing, loop, fs_type, staged,
+    published{target: kind}}; with the Controller service also ``controller_volumes`` (volume id
+    -> {name, capacity_bytes, backing, parameters, content_source, attached{node: {devicePath,
+    readonly}}}) and ``snapshots`` (snapshot id -> {name, source_volume_id, path, size_bytes,
+    creation_time, pending_polls})."""
 
     def __init__(self, state_dir: str) -> None:
         self.path = os.path.join(state_dir, "state.json")
         self.volumes_dir = os.path.join(state_dir, "volumes")
+        self.snapshots_dir = os.path.join(state_dir, "snapshots")
         os.makedirs(self.volumes_dir, exist_ok=True)
         self.lock = threading.RLock()
         self.volumes: dict[str, dict[str, Any]] = {}
+        self.controller_volumes: dict[str, dict[str, Any]] = {}
+        self.snapshots: dict[str, dict[str, Any]] = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
-                self.volumes = json.load(f).get("volumes", {})
+                data = json.load(f)
+            self.volumes = data.get("volumes", {})
+            self.controller_volumes = data.get("controller_volumes", {})
+            self.snapshots = data.get("snapshots", {})
 
     def save(self) -> None:
+        data: dict[str, Any] = {"volumes": self.volumes}
+        if self.controller_volumes or self.snapshots:
+            data.update(controller_volumes=self.controller_volumes, snapshots=self.snapshots)
         tmp = self.path + ".tmp"
         with open(tmp, "w") as f:
-            json.dump({"volumes": self.volumes}, f, indent=1, sort_keys=True)
+            json.dump(data, f, indent=1, sort_keys=True)
         os.replace(tmp, self.path)
 
     def volume(self, volume_id: str) -> dict[str, Any]:
@@ -172,6 +190,7 @@ class LoopDriver:
     def __init__(
         self, name: str, state_dir: str, node_id: str, stage: bool, endpoint_path: str,
         registration_type: str = "CSIPlugin", supported_versions: tuple[str, ...] = ("1.0.0",),
+        controller: bool = False, attach_required: bool = False, topology: dict[str, str] | None = None,
     ) -> None:
         self.name = name
         self.registration_type = registration_type
@@ -180,6 +199,11 @@ class LoopDriver:
         self.node_id = node_id
         self.stage = stage
         self.endpoint_path = endpoint_path
+        # Controller mode: volumes exist only once CreateVolume made them; with attach_required
+        # the node side uses the loop device ControllerPublishVolume set up (publish_context).
+        self.controller = controller
+        self.attach_required = attach_required
+        self.topology = dict(topology or {})
         self.state = State(state_dir)
         self.faults = Faults(state_dir)
         self.log = CallLog(state_dir)
@@ -207,8 +231,11 @@ class LoopDriver:
         if not os.path.isabs(path):
             raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"{name} {path!r} is not absolute")
 
-    def _ensure_backing(self, vol: dict[str, Any], context: dict[str, str]) -> None:
+    def _ensure_backing(self, vol: dict[str, Any], context: dict[str, str], volume_id: str = "") -> None:
         backing = vol["backing"]
+        if self.controller and volume_id and volume_id not in self.state.controller_volumes:
+            # In controller mode a volume is made by CreateVolume, never by the node.
+            raise Abort(grpc.StatusCode.NOT_FOUND, f"volume {volume_id} does not exist")
         if not os.path.exists(backing):
             size = parse_size(context.get("size", str(DEFAULT_SIZE)))
             with open(backing, "wb") as f:
@@ -233,7 +260,31 @@ class LoopDriver:
         except OSError:
             return False
 
+    def _attached_device(self, volume_id: str, vol: dict[str, Any], publish_context: dict[str, str]) -> str:
+        """The loop device ControllerPublishVolume attached for this node (attach-required mode):
+        FAILED_PRECONDITION when the volume is not published here, as a real attachable driver
+        answers a CO that skipped ControllerPublish."""
+        try:
+            attached = self.state.controller_volumes.get(volume_id, {}).get("attached", {}).get(self.node_id)
+            if attached is None:
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"volume {volume_id} is not published to node {self.node_id}")
+            device = publish_context.get("devicePath", "")
+            if not device:
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, "publish_context has no devicePath: was ControllerPublishVolume called?")
+            if device != attached["devicePath"] or not self._loop_backs(device, vol["backing"]):
+                raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"publish_context devicePath {device} is not the device of volume {volume_id}")
+        except Abort:
+            if not vol.get("staged") and not vol.get("published"):
+                self.state.volumes.pop(volume_id, None)  # refused: leave no half-made node record
+            raise
+        vol["loop"] = device
+        vol["attached_by_controller"] = True
+        return device
+
     def _detach(self, vol: dict[str, Any]) -> None:
+        if vol.get("attached_by_controller"):
+            vol["loop"] = None  # ControllerUnpublishVolume detaches it, not the node
+            return
         loop = vol.get("loop")
         if loop and self._loop_backs(loop, vol["backing"]):
             run(["losetup", "-d", loop])
@@ -265,9 +316,14 @@ class LoopDriver:
 
     def GetPluginCapabilities(self, req: Any) -> Any:
         exp = csi_pb2.PluginCapability.VolumeExpansion
-        return csi_pb2.GetPluginCapabilitiesResponse(
-            capabilities=[csi_pb2.PluginCapability(volume_expansion=exp(type=exp.ONLINE))]
-        )
+        caps = [csi_pb2.PluginCapability(volume_expansion=exp(type=exp.ONLINE))]
+        if self.controller:
+            svc = csi_pb2.PluginCapability.Service
+            caps += [
+                csi_pb2.PluginCapability(service=svc(type=svc.CONTROLLER_SERVICE)),
+                csi_pb2.PluginCapability(service=svc(type=svc.VOLUME_ACCESSIBILITY_CONSTRAINTS)),
+            ]
+        return csi_pb2.GetPluginCapabilitiesResponse(capabilities=caps)
 
     def Probe(self, req: Any) -> Any:
         from google.protobuf.wrappers_pb2 import BoolValue
@@ -277,6 +333,10 @@ class LoopDriver:
     # --- node -----------------------------------------------------------------------------
 
     def NodeGetInfo(self, req: Any) -> Any:
+        if self.topology:
+            return csi_pb2.NodeGetInfoResponse(
+                node_id=self.node_id, accessible_topology=csi_pb2.Topology(segments=self.topology)
+            )
         return csi_pb2.NodeGetInfoResponse(node_id=self.node_id)
 
     def NodeGetCapabilities(self, req: Any) -> Any:
@@ -296,9 +356,14 @@ class LoopDriver:
             raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"staging_target_path {req.staging_target_path} is not a directory")
         context = dict(req.volume_context)
         with self.state.lock:
+            if self.controller and req.volume_id not in self.state.controller_volumes:
+                raise Abort(grpc.StatusCode.NOT_FOUND, f"volume {req.volume_id} does not exist")
             vol = self.state.volume(req.volume_id)
-            self._ensure_backing(vol, context)
-            loop = self._ensure_loop(vol)
+            if self.attach_required:
+                loop = self._attached_device(req.volume_id, vol, dict(req.publish_context))
+            else:
+                self._ensure_backing(vol, context, req.volume_id)
+                loop = self._ensure_loop(vol)
             if req.volume_capability.HasField("mount"):
                 fs_type = self._fs_type(req.volume_capability, context)
                 mounted = mount_points().get(os.path.normpath(req.staging_target_path))
@@ -357,9 +422,13 @@ class LoopDriver:
                 if vol is None or vol.get("staged") != req.staging_target_path:
                     raise Abort(grpc.StatusCode.FAILED_PRECONDITION, f"volume {req.volume_id} is not staged at {req.staging_target_path}")
             else:
+                ephemeral = req.volume_context.get(EPHEMERAL_KEY) == "true"
                 vol = self.state.volume(req.volume_id)
                 vol["direct"] = True
-                self._ensure_backing(vol, context)
+                if self.attach_required and not ephemeral:
+                    self._attached_device(req.volume_id, vol, dict(req.publish_context))
+                else:
+                    self._ensure_backing(vol, context, "" if ephemeral else req.volume_id)
             if block:
                 loop = self._ensure_loop(vol)
                 if not os.path.exists(req.target_path):
@@ -415,9 +484,16 @@ class LoopDriver:
                 raise Abort(grpc.StatusCode.NOT_FOUND, f"volume {req.volume_id} is not staged or published here")
             backing, loop = vol["backing"], vol["loop"]
             want = req.capacity_range.required_bytes
-            if want > os.path.getsize(backing):
+            limit = req.capacity_range.limit_bytes
+            size = os.path.getsize(backing)
+            if limit and limit < size:
+                raise Abort(grpc.StatusCode.OUT_OF_RANGE, f"limit_bytes {limit} is below the volume's size {size}: volumes do not shrink")
+            if want > size:
+                if self.controller:
+                    # The image is the controller's to grow (ControllerExpandVolume first).
+                    raise Abort(grpc.StatusCode.OUT_OF_RANGE, f"required_bytes {want} exceeds the volume's size {size}: expand it with ControllerExpandVolume first")
                 os.truncate(backing, want)
-                run(["losetup", "-c", loop])
+            run(["losetup", "-c", loop])
             fs_type = vol.get("fs_type")
             block = req.volume_capability.HasField("block") if req.HasField("volume_capability") else fs_type is None
             if not block and fs_type:
@@ -463,7 +539,11 @@ class LoopDriver:
         return api_pb2.RegistrationStatusResponse()
 
 
-_LOGGED_FIELDS = ("volume_id", "staging_target_path", "target_path", "volume_path", "readonly")
+_LOGGED_FIELDS = (
+    "volume_id", "staging_target_path", "target_path", "volume_path", "readonly",
+    # Controller service
+    "name", "node_id", "source_volume_id", "snapshot_id", "max_entries", "starting_token",
+)
 
 
 def _describe(request: Any) -> dict[str, Any]:
@@ -482,25 +562,46 @@ def _describe(request: Any) -> dict[str, Any]:
         out["plugin_registered"] = request.plugin_registered
         if request.error:
             out["error"] = request.error
-    if isinstance(request, csi_pb2.NodeExpandVolumeRequest) and request.HasField("capacity_range"):
+    if "capacity_range" in request.DESCRIPTOR.fields_by_name and request.HasField("capacity_range"):
         out["required_bytes"] = request.capacity_range.required_bytes
+        if request.capacity_range.limit_bytes:
+            out["limit_bytes"] = request.capacity_range.limit_bytes
+    if "publish_context" in request.DESCRIPTOR.fields_by_name and request.publish_context:
+        out["publish_context"] = dict(request.publish_context)  # not secret by the spec
+    if isinstance(request, csi_pb2.CreateVolumeRequest):
+        if request.parameters:
+            out["parameters"] = dict(request.parameters)
+        source = request.volume_content_source
+        if source.HasField("snapshot"):
+            out["content_source"] = {"snapshot_id": source.snapshot.snapshot_id}
+        elif source.HasField("volume"):
+            out["content_source"] = {"volume_id": source.volume.volume_id}
     return out
 
 
-def make_handler(driver: LoopDriver, method: str) -> Callable[[Any, grpc.ServicerContext], Any]:
-    impl = getattr(driver, method)
+def make_handler(driver: LoopDriver, method: str, owner: Any = None) -> Callable[[Any, grpc.ServicerContext], Any]:
+    """``owner.<method>`` (the driver by default) wrapped in the call log and the fault knobs.
+
+    A fault with ``"after": true`` lets the call do its work first and then fails it: the
+    answer lost after the storage acted, which a CO must treat as uncertain and retry."""
+    impl = getattr(owner if owner is not None else driver, method)
 
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         driver.log.write(method, **_describe(request))
         fault = driver.faults.take(method)
+        after = bool(fault and fault.get("after"))
         if fault:
             if fault.get("sleep"):
                 time.sleep(float(fault["sleep"]))
-            if fault.get("code"):
+            if fault.get("code") and not after:
                 code = getattr(grpc.StatusCode, str(fault["code"]))
                 context.abort(code, str(fault.get("message") or f"injected {fault['code']}"))
         try:
-            return impl(request)
+            response = impl(request)
+            if after and fault and fault.get("code"):
+                code = getattr(grpc.StatusCode, str(fault["code"]))
+                context.abort(code, str(fault.get("message") or f"injected {fault['code']} after the call"))
+            return response
         except Abort as err:
             print(f"csi-loop: {method} -> {err.code.name}: {err.message}", file=sys.stderr, flush=True)
             context.abort(err.code, err.message)
@@ -508,9 +609,9 @@ def make_handler(driver: LoopDriver, method: str) -> Callable[[Any, grpc.Service
     return handler
 
 
-def servicer(base: type, driver: LoopDriver, methods: list[str]) -> Any:
+def servicer(base: type, driver: LoopDriver, methods: list[str], owner: Any = None) -> Any:
     """An instance of the generated servicer ``base`` whose methods go through ``make_handler``."""
-    attrs = {m: (lambda h: (lambda self, request, context: h(request, context)))(make_handler(driver, m)) for m in methods}
+    attrs = {m: (lambda h: (lambda self, request, context: h(request, context)))(make_handler(driver, m, owner)) for m in methods}
     return type(f"Loop{base.__name__}", (base,), attrs)()
 
 
@@ -522,9 +623,15 @@ NODE_METHODS = [
 REGISTRATION_METHODS = ["GetInfo", "NotifyRegistrationStatus"]
 
 
-def add_csi_services(server: grpc.Server, driver: LoopDriver) -> None:
+def add_csi_services(server: grpc.Server, driver: LoopDriver, controller: Any = None) -> None:
+    """Identity and Node; and the Controller service on the same socket when ``controller``
+    (a ``controller.LoopController``) is given, as most CSI drivers serve it."""
     csi_pb2_grpc.add_IdentityServicer_to_server(servicer(csi_pb2_grpc.IdentityServicer, driver, IDENTITY_METHODS), server)
     csi_pb2_grpc.add_NodeServicer_to_server(servicer(csi_pb2_grpc.NodeServicer, driver, NODE_METHODS), server)
+    if controller is not None:
+        csi_pb2_grpc.add_ControllerServicer_to_server(
+            servicer(csi_pb2_grpc.ControllerServicer, driver, controller.METHODS, controller), server
+        )
 
 
 def add_registration_service(server: grpc.Server, driver: LoopDriver) -> None:

@@ -102,6 +102,10 @@ class CSILoopPlugin:
         return self.state_dir / "volumes"
 
     @property
+    def snapshots_dir(self) -> Path:
+        return self.state_dir / "snapshots"
+
+    @property
     def pid(self) -> int | None:
         return self.proc.pid if self.proc is not None else None
 
@@ -170,10 +174,12 @@ class CSILoopPlugin:
 
     def set_fault(
         self, method: str, code: str | None = None, message: str | None = None,
-        count: int | None = None, sleep: float | None = None,
+        count: int | None = None, sleep: float | None = None, **extra: Any,
     ) -> None:
+        """``extra`` keys go into the entry as they are: ``after=True`` (fail after doing the
+        work), ``polls=N`` for the ``SnapshotNotReady`` entry."""
         faults = self.faults()
-        entry: dict[str, Any] = {}
+        entry: dict[str, Any] = dict(extra)
         if code is not None:
             entry["code"] = code
         if message is not None:
