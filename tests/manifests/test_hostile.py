@@ -15,7 +15,13 @@ from volumemanager.manifests import names
 from volumemanager.manifests.documents import path_problem
 from volumemanager.manifests.loader import load_bytes
 from volumemanager.manifests.models import (
+    ConfigMapVolumeSource,
     CSISource,
+    DownwardAPISource,
+    FlexVolumeSource,
+    ProjectedSource,
+    SecretVolumeSource,
+    ServiceAccountTokenProjection,
     HostPathSource,
     LocalSource,
     ManifestError,
@@ -62,7 +68,45 @@ BASE_DOCS = [
     {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "data", "namespace": "demo"},
      "spec": {"volumeName": "pv1", "volumeMode": "Block", "accessModes": ["ReadWriteOnce"]}},
     {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s", "namespace": "demo"},
-     "data": {"k": "YQ=="}, "stringData": {"u": "v"}},
+     "type": "Opaque", "immutable": True, "data": {"k": "YQ=="}, "stringData": {"u": "v"}},
+    # the kinds and sources of issues 13 and 14
+    {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p2", "namespace": "demo", "labels": {"a": "b"}},
+     "spec": {"serviceAccountName": "sa", "securityContext": {"fsGroup": 1, "fsGroupChangePolicy": "Always"},
+              "containers": [{"name": "c", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}],
+              "volumes": [
+         {"name": "a", "configMap": {"name": "c", "items": [{"key": "k", "path": "d/k", "mode": 0o600}],
+                                     "defaultMode": 0o644, "optional": True}},
+         {"name": "b", "secret": {"secretName": "s", "items": [{"key": "k", "path": "k"}]}},
+         {"name": "c", "downwardAPI": {"items": [
+             {"path": "l", "fieldRef": {"fieldPath": "metadata.labels['a']"}},
+             {"path": "m", "resourceFieldRef": {"containerName": "c", "resource": "limits.memory", "divisor": "1Mi"}}]}},
+         {"name": "d", "projected": {"defaultMode": 0o440, "sources": [
+             {"configMap": {"name": "c"}}, {"secret": {"name": "s", "items": [{"key": "k", "path": "s"}]}},
+             {"downwardAPI": {"items": [{"path": "n", "fieldRef": {"fieldPath": "metadata.name"}}]}},
+             {"serviceAccountToken": {"path": "t", "audience": "x", "expirationSeconds": 600}}]}},
+         {"name": "e", "flexVolume": {"driver": "v/d", "fsType": "ext4", "secretRef": {"name": "s"},
+                                      "readOnly": True, "options": {"o": "p"}}},
+     ]}},
+    {"apiVersion": "v1", "kind": "PersistentVolume", "metadata": {"name": "pv3", "annotations": {"a": "b"}},
+     "spec": {"persistentVolumeReclaimPolicy": "Delete", "storageClassName": "fast",
+              "flexVolume": {"driver": "d", "secretRef": {"name": "s", "namespace": "n"}, "options": {"a": "b"}}}},
+    {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "c2", "uid": "u2"},
+     "spec": {"storageClassName": "fast", "resources": {"requests": {"storage": "1Gi"}},
+              "dataSource": {"apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"}}},
+    {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "demo"},
+     "immutable": False, "data": {"k": "v"}, "binaryData": {"b": "YQ=="}},
+    {"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass", "metadata": {"name": "fast"},
+     "provisioner": "p.example.com", "parameters": {"a": "b"}, "reclaimPolicy": "Retain",
+     "volumeBindingMode": "WaitForFirstConsumer", "allowVolumeExpansion": True, "mountOptions": ["ro"],
+     "allowedTopologies": [{"matchLabelExpressions": [{"key": "k", "values": ["v"]}]}]},
+    {"apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver", "metadata": {"name": "d.example.com"},
+     "spec": {"attachRequired": False, "podInfoOnMount": True, "fsGroupPolicy": "File",
+              "volumeLifecycleModes": ["Ephemeral"], "requiresRepublish": True,
+              "tokenRequests": [{"audience": "a", "expirationSeconds": 700}]}},
+    {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass", "metadata": {"name": "vsc"},
+     "driver": "d.example.com", "deletionPolicy": "Delete", "parameters": {"a": "b"}},
+    {"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot", "metadata": {"name": "vs", "namespace": "demo"},
+     "spec": {"volumeSnapshotClassName": "vsc", "source": {"persistentVolumeClaimName": "c2"}}},
 ]
 
 
@@ -115,6 +159,20 @@ def check_source(source):
         assert path_problem(source.path) is None
     if isinstance(source, CSISource):
         assert names.is_csi_driver_name(source.driver)
+    if isinstance(source, FlexVolumeSource):
+        assert names.flex_driver_problem(source.driver) is None
+    # every file a configMap/secret/downwardAPI/projected volume writes stays inside it
+    files = []
+    if isinstance(source, (ConfigMapVolumeSource, SecretVolumeSource, DownwardAPISource, ProjectedSource)):
+        assert 0 <= source.default_mode <= 0o777
+    if isinstance(source, (ConfigMapVolumeSource, SecretVolumeSource, DownwardAPISource)):
+        files.extend(source.items)
+    if isinstance(source, ProjectedSource):
+        for proj in source.sources:
+            files.extend([proj] if isinstance(proj, ServiceAccountTokenProjection) else proj.items)
+    for item in files:
+        assert names.relative_path_problem(item.path) is None
+        assert getattr(item, "mode", None) is None or 0 <= item.mode <= 0o777
 
 
 @SETTINGS

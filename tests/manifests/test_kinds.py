@@ -241,6 +241,8 @@ def test_storageclass():
         "fast", "lvm.example.com", {"vg": "vg0"}, "Retain", "WaitForFirstConsumer", True, ("noatime",),
         (TopologySelectorTerm((("kubernetes.io/hostname", ("node1",)),)),), sc.origin,
     )
+    local = one("kind: StorageClass\nmetadata: {name: local}\nprovisioner: kubernetes.io/no-provisioner\n")
+    assert local.provisioner == "kubernetes.io/no-provisioner"
     d = one("kind: StorageClass\nmetadata: {name: d}\nprovisioner: x.example.com\n")
     assert (d.reclaim_policy, d.volume_binding_mode, d.allow_volume_expansion, d.parameters) == ("Delete", "Immediate", False, {})
 
@@ -346,6 +348,8 @@ CM = "kind: ConfigMap\nmetadata: {name: c}\n"
         ("kind: PersistentVolumeClaim\nmetadata: {name: c}\nspec: {dataSource: {kind: PersistentVolumeClaim, name: a}, dataSourceRef: {kind: PersistentVolumeClaim, name: b}}", "spec.dataSourceRef", "must match"),
         ("kind: PersistentVolumeClaim\nmetadata: {name: c}\nspec: {dataSource: {kind: PersistentVolumeClaim}}", "spec.dataSource.name", "required"),
         ("kind: StorageClass\nmetadata: {name: s}", "provisioner", "required"),
+        ("kind: StorageClass\nmetadata: {name: s}\nprovisioner: a/b/c", "provisioner", "qualified name"),
+        ("kind: StorageClass\nmetadata: {name: s}\nprovisioner: \"../x\"", "provisioner", "qualified name"),
         ("kind: StorageClass\napiVersion: v1\nmetadata: {name: s}\nprovisioner: p", "apiVersion", "use storage.k8s.io/v1"),
         ("kind: StorageClass\nmetadata: {name: s}\nprovisioner: p\nreclaimPolicy: Recycle", "reclaimPolicy", "is not one of"),
         ("kind: StorageClass\nmetadata: {name: s}\nprovisioner: p\nvolumeBindingMode: Later", "volumeBindingMode", "is not one of"),

@@ -1,5 +1,6 @@
-"""Manifests: the desired state as Kubernetes v1 objects (Pod, PersistentVolume,
-PersistentVolumeClaim, Secret) read from files.
+"""Manifests: the desired state as Kubernetes objects (Pod, PersistentVolume,
+PersistentVolumeClaim, Secret, ConfigMap, StorageClass, CSIDriver, VolumeSnapshotClass,
+VolumeSnapshot) read from files.
 
 ``models`` holds the validated frozen types, ``loader`` turns one file into objects and errors,
 ``store`` keeps the last good objects of every file and builds snapshots.
@@ -7,7 +8,18 @@ PersistentVolumeClaim, Secret) read from files.
 
 from volumemanager.manifests.loader import FileResult, is_manifest_name, load_bytes, load_file
 from volumemanager.manifests.models import (
+    ConfigMap,
+    ConfigMapVolumeSource,
+    CSIDriver,
     CSISource,
+    DownwardAPISource,
+    FlexVolumeSource,
+    ProjectedSource,
+    SecretVolumeSource,
+    StorageClass,
+    VolumeSnapshot,
+    VolumeSnapshotClass,
+    derived_uid,
     EmptyDirSource,
     HostPathSource,
     LocalSource,
@@ -27,7 +39,18 @@ from volumemanager.manifests.quantity import parse_quantity
 from volumemanager.manifests.store import ManifestStore
 
 __all__ = [
+    "CSIDriver",
     "CSISource",
+    "ConfigMap",
+    "ConfigMapVolumeSource",
+    "DownwardAPISource",
+    "FlexVolumeSource",
+    "ProjectedSource",
+    "SecretVolumeSource",
+    "StorageClass",
+    "VolumeSnapshot",
+    "VolumeSnapshotClass",
+    "derived_uid",
     "EmptyDirSource",
     "FileResult",
     "HostPathSource",

@@ -1327,7 +1327,7 @@ def _parse_configmap(c: _Checker, doc: dict[str, Any], origin: Origin) -> Config
 
 def _parse_storageclass(c: _Checker, doc: dict[str, Any], origin: Origin) -> StorageClass | None:
     name, _, _ = _metadata(c, doc, namespaced=False)
-    provisioner = c.name_field(doc, "provisioner", "", names.csi_driver_problem)
+    provisioner = c.name_field(doc, "provisioner", "", _provisioner_problem)
     parameters = c.string_map(doc, "parameters", "", secret=True)
     reclaim = c.one_of(doc, "reclaimPolicy", "", SC_RECLAIM_POLICIES, "Delete")
     binding = c.one_of(doc, "volumeBindingMode", "", BINDING_MODES, "Immediate")
@@ -1340,6 +1340,19 @@ def _parse_storageclass(c: _Checker, doc: dict[str, Any], origin: Origin) -> Sto
     return StorageClass(
         name, provisioner, parameters, reclaim, binding, expansion, mount_options, topologies, origin
     )
+
+
+def _provisioner_problem(value: object) -> str | None:
+    """Kubernetes: a provisioner is a qualified name (``kubernetes.io/no-provisioner``, a CSI
+    driver name), compared in lower case."""
+    if not isinstance(value, str):
+        return f"must be a string, not {_type(value)}"
+    if not names.is_qualified_name(value.lower()):
+        return (
+            f"{names.shown(value)} must be a qualified name ('[prefix/]name', e.g. a CSI driver "
+            "name or kubernetes.io/no-provisioner)"
+        )
+    return None
 
 
 def _allowed_topologies(c: _Checker, doc: dict[str, Any]) -> tuple[TopologySelectorTerm, ...]:
