@@ -496,3 +496,12 @@ def test_a_bad_document_keeps_its_last_good_version(tmp_path: Path, bad, lookup)
     snap = store.snapshot()
     assert lookup(snap) is good
     assert any("keeping its last good version" in e.message for e in snap.errors), [str(e) for e in snap.errors]
+
+
+def test_new_fields_keep_objects_hashable():
+    """Pods (without CSI volumes), PVs (without CSI) and PVCs were hashable before these
+    fields existed; code may keep them in sets."""
+    pod = one(POD.replace("  - name: flex\n", "  - name: flex-gone\n").split("  - name: flex-gone")[0])
+    pvc = one("kind: PersistentVolumeClaim\nmetadata: {name: c, annotations: {a: b}}\n")
+    pv = one("kind: PersistentVolume\nmetadata: {name: p, annotations: {a: b}}\nspec: {local: {path: /dev/x}}\n")
+    assert len({pod, pvc, pv}) == 3

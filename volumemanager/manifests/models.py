@@ -295,10 +295,12 @@ class Pod:
     uid: str
     volumes: tuple[PodVolume, ...]
     origin: Origin
-    labels: dict[str, str] = field(default_factory=dict)
-    annotations: dict[str, str] = field(default_factory=dict)
-    containers: tuple[Container, ...] = ()
-    init_containers: tuple[Container, ...] = ()
+    # The fields below hold dicts, so they are left out of the hash (a pod stays as hashable
+    # as it was before they existed); equality still compares them.
+    labels: dict[str, str] = field(default_factory=dict, hash=False)
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
+    containers: tuple[Container, ...] = field(default=(), hash=False)
+    init_containers: tuple[Container, ...] = field(default=(), hash=False)
     fs_group: int | None = None  # spec.securityContext.fsGroup
     fs_group_change_policy: str | None = None  # Always | OnRootMismatch; None = not given (Always)
     service_account_name: str = "default"
@@ -330,7 +332,7 @@ class PersistentVolume:
     origin: Origin
     reclaim_policy: str = "Retain"  # Retain | Delete (Recycle is refused)
     storage_class_name: str = ""  # "" = no class
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
 
     kind = KIND_PV
 
@@ -355,7 +357,7 @@ class PersistentVolumeClaim:
     request_bytes: int | None = None  # spec.resources.requests.storage
     data_source: TypedObjectReference | None = None
     data_source_ref: TypedObjectReference | None = None
-    annotations: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict, hash=False)
 
     kind = KIND_PVC
 
