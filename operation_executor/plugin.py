@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol
 
 from operation_executor.executor import DEFAULT_LANE
-from operation_executor.types import PodRef, SecretRef, VolumeSpec
+from operation_executor.types import PodRef, SecretRef, VolumeSpec, short_plugin_name
 
 
 class PluginHost(Protocol):
@@ -45,12 +45,6 @@ class PluginHost(Protocol):
 
     def get_secret(self, ref: SecretRef) -> Mapping[str, bytes] | None:
         """The Secret's data, or None when it does not exist. Never log the result."""
-
-
-def short_plugin_name(plugin_name: str) -> str:
-    """The name shown in tables: the part after the vendor prefix (``<domain>/csi`` -> ``csi``).
-    A free function because the CLI formats ``status --json`` output without any plugin."""
-    return plugin_name.rpartition("/")[2]
 
 
 @dataclass(frozen=True)
@@ -183,6 +177,11 @@ class VolumePlugin(ABC):
             return is_mount_point
         return is_mount_point or os.path.isdir(mount_path)
 
+    def operation_label(self, operation: str) -> str:
+        """How ``status`` names an operation of this plugin (``MountDevice``, ``SetUp``, ...)
+        for people who read the plugin's own logs (CSI: ``NodeStageVolume``)."""
+        return operation
+
     # Whether a statvfs of the pod's path gives the volume's usage when ``volume_stats`` has
     # no answer: true for filesystems on this node, never for network ones (a hung server).
     statvfs_stats: bool = False
@@ -221,6 +220,11 @@ class PluginRegistry:
 
     def plugins(self) -> list[VolumePlugin]:
         return [self._plugins[n] for n in sorted(self._plugins)]
+
+    def operation_label(self, plugin_name: str | None, operation: str) -> str:
+        """The plugin's name for an operation; the operation itself for an unknown plugin."""
+        plugin = self._plugins.get(plugin_name or "")
+        return plugin.operation_label(operation) if plugin is not None else operation
 
     def find_for_source(self, source: object) -> VolumePlugin | None:
         """The plugin that serves a volume source (the kubelet's ``FindPluginBySpec`` over

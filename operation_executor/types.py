@@ -15,6 +15,13 @@ FILESYSTEM = "Filesystem"
 BLOCK = "Block"
 
 
+
+def short_plugin_name(plugin_name: str) -> str:
+    """The name shown in tables: the part after the vendor prefix (``<domain>/csi`` -> ``csi``).
+    A free function (``VolumePlugin.display_name`` uses it) because the CLI formats
+    ``status --json`` output without loading any plugin."""
+    return plugin_name.rpartition("/")[2]
+
 @dataclass(frozen=True, slots=True)
 class PodRef:
     """The identity of a pod: the UID names its directory, namespace/name is for people."""
@@ -68,6 +75,12 @@ class VolumeToMount:
     spec: VolumeSpec
     plugin_name: str
     device_mountable: bool
+
+    @property
+    def operation_pod_uid(self) -> str | None:
+        """The pod part of this volume's mount operation key: a device-mountable volume is
+        shared by its pods, so its operations are keyed by the volume alone (None)."""
+        return None if self.device_mountable else self.pod.uid
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 
+from operation_executor.types import short_plugin_name
 from volumemanager import exit_codes as ec
 from volumemanager.config import DEFAULT_MANIFEST_DIR, DEFAULT_ROOT_DIR, DEFAULT_SOCKET
 
@@ -181,7 +182,7 @@ def _status_rows(data: dict, wide: bool) -> list[tuple[str, ...]]:
             detail = v.get("last_error") or v.get("reason") or detail
             if v.get("next_retry_seconds"):
                 detail += f" (retry in {v['next_retry_seconds']:.0f}s)"
-        row = (v["pod"], v["volume"], (v.get("plugin") or "").removeprefix("kubernetes.io/"), state, detail)
+        row = (v["pod"], v["volume"], short_plugin_name(v.get("plugin") or ""), state, detail)
         if wide:
             retry = v.get("next_retry_seconds")
             row += (v.get("device_path") or "", v.get("device_mount_path") or "", v.get("error_code") or "",

@@ -137,8 +137,11 @@ class DrainController:
     check are attached after the reconciler is built (it is built with ``desired_view``)."""
 
     def __init__(self, dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: OperationExecutor,
-                 pods_dir: str, is_mount_point: Callable[[str], bool]) -> None:
+                 pods_dir: str, is_mount_point: Callable[[str], bool],
+                 operation_label: st.OperationLabel | None = None) -> None:
         self._asw = asw
+        # How each plugin names its operations in the rows (the plugin registry's).
+        self._operation_label = operation_label or (lambda plugin, operation: operation)
         self._executor = executor
         self._pods_dir = pods_dir
         self._is_mount_point = is_mount_point
@@ -252,7 +255,7 @@ class DrainController:
     def _left(self) -> list[dict]:
         """Every pod view still in the actual state (as status rows: error, holders, retry),
         then every staged device no pod uses any more."""
-        out = [r.to_dict() for r in st.daemon_rows(EMPTY_DESIRED, self._asw, self._executor)]
+        out = [r.to_dict() for r in st.daemon_rows(EMPTY_DESIRED, self._asw, self._executor, self._operation_label)]
         for av in self._asw.attached_volumes():
             if av.pod_uids or not (av.device_mountable and av.device_state.may_be_mounted):
                 continue

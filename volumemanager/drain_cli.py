@@ -19,6 +19,7 @@ import os
 import sys
 import time
 
+from operation_executor.types import short_plugin_name
 from volumemanager.config import DEFAULT_SOCKET
 
 EXIT_DRAINED = 0
@@ -97,7 +98,7 @@ def _holder_text(h, short: bool = False) -> str:
 
 
 def item_name(item: dict) -> str:
-    plugin = (item.get("plugin") or "").removeprefix("kubernetes.io/")
+    plugin = short_plugin_name(item.get("plugin") or "")
     if item.get("pod"):
         return f"{item['pod']} volume {item.get('volume')} ({plugin})"
     return f"staged volume {item.get('volume_id') or item.get('volume')} ({plugin})"

@@ -10,7 +10,7 @@ from operation_executor.types import SecretRef
 
 
 def escape_plugin_name(plugin_name: str) -> str:
-    """kubelet's EscapeQualifiedName: ``kubernetes.io/empty-dir`` -> ``kubernetes.io~empty-dir``."""
+    """kubelet's EscapeQualifiedName: ``example.com/my-plugin`` -> ``example.com~my-plugin``."""
     return plugin_name.replace("/", "~")
 
 

@@ -306,7 +306,7 @@ class Reconciler:
         return Action(
             MOUNT_VOLUME,
             vtm.volume_id,
-            None if vtm.device_mountable else vtm.pod.uid,
+            vtm.operation_pod_uid,
             vtm.pod.key,
             vtm.outer_name,
             vtm.plugin_name,

@@ -8,6 +8,7 @@ import datetime as _dt
 import os
 import time
 from dataclasses import asdict, dataclass
+from typing import Callable
 
 from operation_executor.errors import OperationError, WaitingError
 from operation_executor.executor import OperationExecutor, OperationKey
@@ -23,13 +24,13 @@ UNCERTAIN = "uncertain"
 UNMOUNTING = "unmounting"
 STATES = (MOUNTED, PENDING, WAITING, ERROR, UNCERTAIN, UNMOUNTING)
 
-# How operations are called in CSI terms, for people who know their driver's log.
-CSI_CALL_NAMES = {
-    "MountDevice": "NodeStageVolume",
-    "SetUp": "NodePublishVolume",
-    "TearDown": "NodeUnpublishVolume",
-    "UnmountDevice": "NodeUnstageVolume",
-}
+# How a plugin names an operation (plugin name, operation) -> label: the plugin registry's
+# ``operation_label``; without a registry, the operation's own name.
+OperationLabel = Callable[["str | None", str], str]
+
+
+def _plain_label(plugin: str | None, operation: str) -> str:
+    return operation
 
 
 @dataclass
@@ -63,19 +64,13 @@ class VolumeRow:
         return d
 
 
-def _operation_label(plugin: str | None, operation: str) -> str:
-    if plugin == "kubernetes.io/csi":
-        return CSI_CALL_NAMES.get(operation, operation)
-    return operation
-
-
-def _apply_result(row: VolumeRow, result: OperationResult | None) -> None:
+def _apply_result(row: VolumeRow, result: OperationResult | None, label: OperationLabel = _plain_label) -> None:
     if result is None or result.error is None:
         return
     err: OperationError = result.error
     row.last_error = str(err)
     row.error_code = err.code
-    row.error_operation = _operation_label(row.plugin, result.operation)
+    row.error_operation = label(row.plugin, result.operation)
     row.error_since = result.since
     if isinstance(err, WaitingError):
         row.waiting_for = err.waiting_for
@@ -83,7 +78,8 @@ def _apply_result(row: VolumeRow, result: OperationResult | None) -> None:
     row.holders = [h.to_dict() for h in holders] if holders else None
 
 
-def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: OperationExecutor) -> list[VolumeRow]:
+def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: OperationExecutor,
+                operation_label: OperationLabel = _plain_label) -> list[VolumeRow]:
     rows: list[VolumeRow] = []
     desired_pairs: set[tuple[str, str]] = set()
     for dp in dsw.pods():
@@ -96,7 +92,7 @@ def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: Ope
             )
         for vtm in dp.volumes:
             desired_pairs.add((vtm.volume_id, vtm.pod.uid))
-            rows.append(_desired_row(dp, vtm, asw, executor))
+            rows.append(_desired_row(dp, vtm, asw, executor, operation_label))
     for mv in asw.mounted_volumes():
         if (mv.volume_id, mv.pod.uid) in desired_pairs:
             continue
@@ -106,7 +102,7 @@ def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: Ope
             state=UNMOUNTING, mount_path=mv.mount_path, volume_id=mv.volume_id,
             device_path=av.device_path if av else None, device_mount_path=mv.device_mount_path,
         )
-        _apply_result(row, asw.result(mv.volume_id, mv.pod.uid))
+        _apply_result(row, asw.result(mv.volume_id, mv.pod.uid), operation_label)
         key = OperationKey(mv.volume_id, mv.pod.uid)
         row.in_progress = executor.pending_operation(mv.volume_id, mv.pod.uid)
         row.next_retry_seconds = executor.backoff_remaining(key) or None
@@ -115,7 +111,8 @@ def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: Ope
     return rows
 
 
-def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: OperationExecutor) -> VolumeRow:
+def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: OperationExecutor,
+                 operation_label: OperationLabel = _plain_label) -> VolumeRow:
     vid, uid = vtm.volume_id, vtm.pod.uid
     av = asw.get_volume(vid)
     mv = asw.get_mount(vid, uid)
@@ -126,7 +123,7 @@ def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: Operati
     )
     row.size_bytes = asw.size_bytes(vid)
     pod_state = mv.state if mv else VolumeMountState.NOT_MOUNTED
-    key_pod = None if vtm.device_mountable else uid
+    key_pod = vtm.operation_pod_uid
     row.in_progress = executor.pending_operation(vid, key_pod)
     device_staged = av is not None and av.device_state is DeviceMountState.MOUNTED
     # The error that blocks this pod: the staging error while the device is not staged,
@@ -136,7 +133,7 @@ def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: Operati
         result = asw.result(vid, None)
     if result is None or result.error is None:
         result = asw.result(vid, uid)
-    _apply_result(row, result)
+    _apply_result(row, result, operation_label)
     retry = executor.backoff_remaining(OperationKey(vid, key_pod))
     row.next_retry_seconds = retry if retry > 0 else None
     if pod_state is VolumeMountState.MOUNTED:

@@ -80,7 +80,7 @@ class VolumeManager:
 
         # The reconciler reads the desired state through the drain's view: empty while drained.
         self.drain = DrainController(self.dsw, self.asw, self.executor, self.host.pods_dir,
-                                     self.mounter.is_mount_point)
+                                     self.mounter.is_mount_point, operation_label=self.plugins.operation_label)
         self.reconciler = Reconciler(
             self.drain.desired_view, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
         )
@@ -290,7 +290,7 @@ class VolumeManager:
     # --- queries --------------------------------------------------------------------------
 
     def rows(self) -> list[st.VolumeRow]:
-        rows = st.daemon_rows(self.dsw, self.asw, self.executor)
+        rows = st.daemon_rows(self.dsw, self.asw, self.executor, self.plugins.operation_label)
         unread = [h.name for h in self.populator.source_healths() if not h.ok]
         if unread:
             # Not desired as far as is known, but the desired state is not known: kept.

@@ -47,6 +47,14 @@ CAP_EXPAND = "EXPAND_VOLUME"
 CAP_STATS = "GET_VOLUME_STATS"
 CAP_SNMW = "SINGLE_NODE_MULTI_WRITER"
 
+# How operations are called in CSI terms, for people who know their driver's log.
+CSI_CALL_NAMES = {
+    "MountDevice": "NodeStageVolume",
+    "SetUp": "NodePublishVolume",
+    "TearDown": "NodeUnpublishVolume",
+    "UnmountDevice": "NodeUnstageVolume",
+}
+
 LIFECYCLE_PERSISTENT = "Persistent"
 LIFECYCLE_EPHEMERAL = "Ephemeral"
 
@@ -259,6 +267,9 @@ class CSIPlugin(VolumePlugin):
                     continue
                 yield StagedDevice(self.volume_id(spec, None), os.path.join(csi_dir, driver, sha, GLOBAL_MOUNT_DIR),
                                    spec)
+
+    def operation_label(self, operation: str) -> str:
+        return CSI_CALL_NAMES.get(operation, operation)
 
     def device_mount_is_mount_point(self, spec: VolumeSpec) -> bool:
         return False  # a driver may stage without a mount: the directory is the stage
