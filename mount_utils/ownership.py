@@ -151,10 +151,21 @@ def _chmod_nofollow(dir_fd: int, name: str, mode: int) -> None:
         if err == 0:
             _fchmodat2_works = True
             return
-        if err not in (errno.ENOSYS, errno.EPERM) or _fchmodat2_works:  # EPERM: seccomp
+        if err not in (errno.ENOSYS, errno.EPERM) or _fchmodat2_works:
             raise OSError(err, os.strerror(err), name)
-        _fchmodat2_works = False
-    # Kernel older than 6.6: what glibc's lchmod does, an O_PATH fd and its /proc link.
+        if err == errno.ENOSYS:
+            _fchmodat2_works = False
+        else:
+            # EPERM before fchmodat2 ever worked: a seccomp filter, or just an immutable file.
+            # Only a fallback that succeeds tells them apart.
+            _chmod_proc_fd(dir_fd, name, mode)
+            _fchmodat2_works = False
+            return
+    _chmod_proc_fd(dir_fd, name, mode)
+
+
+def _chmod_proc_fd(dir_fd: int, name: str, mode: int) -> None:
+    """Kernel older than 6.6: what glibc's lchmod does, an O_PATH fd and its /proc link."""
     fd = os.open(name, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         if stat.S_ISLNK(os.fstat(fd).st_mode):

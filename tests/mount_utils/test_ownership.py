@@ -294,3 +294,18 @@ def test_100k_files_get_group_and_setgid(mount_cleanup, loop_device_factory, wor
                 bad.append(n)
     assert not bad[:10]
     assert set_volume_ownership(root, GID, ON_ROOT_MISMATCH).skipped_reason is not None
+
+
+def test_without_fchmodat2_as_on_kernels_before_6_6(volume, monkeypatch):
+    """Kernels < 6.6 (or a seccomp filter) lack fchmodat2: the O_PATH + /proc fallback gives the
+    same modes and still never chmods through a symlink."""
+    from mount_utils import ownership
+
+    monkeypatch.setattr(ownership, "_fchmodat2_works", False)
+    _populate(volume)
+    passwd_before = os.stat("/etc/passwd")
+    res = set_volume_ownership(volume, GID)
+    assert res.complete
+    assert (_mode(f"{volume}/f"), _mode(f"{volume}/a/g"), _mode(f"{volume}/a/suid")) == (0o664, 0o660, 0o4775)
+    passwd_after = os.stat("/etc/passwd")
+    assert (passwd_after.st_mode, passwd_after.st_ctime_ns) == (passwd_before.st_mode, passwd_before.st_ctime_ns)
