@@ -18,7 +18,7 @@ from operation_executor.errors import FinalError, OperationError, TransientError
 from operation_executor.journal import IntentJournal, NullJournal
 from operation_executor.plugin import PluginRegistry
 from operation_executor.states import DeviceMountState, VolumeMountState
-from operation_executor.types import AttachedVolume, MountedVolume, VolumeSpec, VolumeToMount
+from operation_executor.types import AttachedVolume, MarkDeviceOpts, MarkVolumeOpts, MountedVolume, VolumeSpec, VolumeToMount
 from operation_executor.updater import ActualStateUpdater
 
 log = logging.getLogger(__name__)
@@ -121,11 +121,12 @@ class OperationGenerator:
                             )
                         except BaseException as e:
                             if is_uncertain(e) or device_state is DeviceMountState.UNCERTAIN:
-                                self._asw.mark_device_uncertain(
+                                self._asw.mark_device_uncertain(MarkDeviceOpts(
                                     vtm.volume_id, spec, vtm.plugin_name, device_path, device_mount_path
-                                )
+                                ))
                             raise
-                        self._asw.mark_device_mounted(vtm.volume_id, spec, vtm.plugin_name, device_path, device_mount_path)
+                        self._asw.mark_device_mounted(MarkDeviceOpts(vtm.volume_id, spec, vtm.plugin_name, device_path,
+                                                                     device_mount_path))
             except BaseException as e:
                 err = as_operation_error(e, "MountDevice")
                 self._asw.record_result(vtm.volume_id, None, "MountDevice", err)
@@ -146,14 +147,14 @@ class OperationGenerator:
             except BaseException as e:
                 err = as_operation_error(e, "SetUp")
                 if is_uncertain(err) or pod_state is VolumeMountState.UNCERTAIN:
-                    self._asw.mark_volume_uncertain(
+                    self._asw.mark_volume_uncertain(MarkVolumeOpts(
                         vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
-                    )
+                    ))
                 self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", err)
                 raise err from (None if err is e else e)
-            self._asw.mark_volume_mounted(
+            self._asw.mark_volume_mounted(MarkVolumeOpts(
                 vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
-            )
+            ))
             self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", None)
 
         return GeneratedOperation(MOUNT_VOLUME, run, self._lane(vtm.plugin_name, vtm.spec))
@@ -177,7 +178,7 @@ class OperationGenerator:
                 )
             except BaseException as e:
                 err = as_operation_error(e, "TearDown")
-                self._asw.mark_volume_uncertain(
+                self._asw.mark_volume_uncertain(MarkVolumeOpts(
                     mv.volume_id,
                     mv.pod,
                     mv.outer_name,
@@ -185,7 +186,7 @@ class OperationGenerator:
                     mv.plugin_name,
                     mv.mount_path,
                     mv.device_mount_path is not None,
-                )
+                ))
                 self._asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", err)
                 raise err from (None if err is e else e)
             self._asw.mark_volume_unmounted(mv.volume_id, mv.pod.uid)
@@ -215,7 +216,8 @@ class OperationGenerator:
                     )
             except BaseException as e:
                 err = as_operation_error(e, "UnmountDevice")
-                self._asw.mark_device_uncertain(av.volume_id, av.spec, av.plugin_name, av.device_path, path or "")
+                self._asw.mark_device_uncertain(MarkDeviceOpts(av.volume_id, av.spec, av.plugin_name, av.device_path,
+                                                               path or ""))
                 self._asw.record_result(av.volume_id, None, "UnmountDevice", err)
                 raise err from (None if err is e else e)
             self._asw.mark_device_unmounted(av.volume_id)

@@ -109,3 +109,28 @@ class AttachedVolume:
     device_path: str | None
     device_mount_path: str | None
     pod_uids: frozenset[str]
+
+
+@dataclass(frozen=True)
+class MarkVolumeOpts:
+    """What an operation records about one pod's view of a volume (the kubelet's
+    ``MarkVolumeOpts``): one value instead of seven positional arguments."""
+
+    volume_id: str
+    pod: PodRef
+    outer_name: str
+    spec: VolumeSpec
+    plugin_name: str
+    mount_path: str
+    device_mountable: bool
+
+
+@dataclass(frozen=True)
+class MarkDeviceOpts:
+    """What an operation records about a volume's node-global stage."""
+
+    volume_id: str
+    spec: VolumeSpec
+    plugin_name: str
+    device_path: str | None
+    device_mount_path: str

@@ -10,41 +10,19 @@ from __future__ import annotations
 from typing import Protocol
 
 from operation_executor.errors import OperationError
-from operation_executor.types import PodRef, VolumeSpec
+from operation_executor.types import MarkDeviceOpts, MarkVolumeOpts
 
 
 class ActualStateUpdater(Protocol):
-    def mark_device_mounted(
-        self, volume_id: str, spec: VolumeSpec, plugin_name: str, device_path: str | None, device_mount_path: str
-    ) -> None: ...
+    def mark_device_mounted(self, opts: MarkDeviceOpts) -> None: ...
 
-    def mark_device_uncertain(
-        self, volume_id: str, spec: VolumeSpec, plugin_name: str, device_path: str | None, device_mount_path: str
-    ) -> None: ...
+    def mark_device_uncertain(self, opts: MarkDeviceOpts) -> None: ...
 
     def mark_device_unmounted(self, volume_id: str) -> None: ...
 
-    def mark_volume_mounted(
-        self,
-        volume_id: str,
-        pod: PodRef,
-        outer_name: str,
-        spec: VolumeSpec,
-        plugin_name: str,
-        mount_path: str,
-        device_mountable: bool,
-    ) -> None: ...
+    def mark_volume_mounted(self, opts: MarkVolumeOpts) -> None: ...
 
-    def mark_volume_uncertain(
-        self,
-        volume_id: str,
-        pod: PodRef,
-        outer_name: str,
-        spec: VolumeSpec,
-        plugin_name: str,
-        mount_path: str,
-        device_mountable: bool,
-    ) -> None: ...
+    def mark_volume_uncertain(self, opts: MarkVolumeOpts) -> None: ...
 
     def mark_volume_unmounted(self, volume_id: str, pod_uid: str) -> None: ...
 

@@ -18,7 +18,7 @@ from typing import Callable, Iterable, Protocol
 from mount_utils.mounter import LinuxMounter
 from mount_utils.mountinfo import MountInfoWatcher, MountTable
 from operation_executor.plugin import PluginRegistry
-from operation_executor.types import AttachedVolume, MountedVolume
+from operation_executor.types import AttachedVolume, MarkDeviceOpts, MarkVolumeOpts, MountedVolume
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +40,9 @@ class WatchedState(Protocol):
 
     def attached_volumes(self) -> list[AttachedVolume]: ...
 
-    def mark_volume_uncertain(self, volume_id, pod, outer_name, spec, plugin_name, mount_path,
-                              device_mountable) -> None: ...
+    def mark_volume_uncertain(self, opts: MarkVolumeOpts) -> None: ...
 
-    def mark_device_uncertain(self, volume_id, spec, plugin_name, device_path, device_mount_path) -> None: ...
+    def mark_device_uncertain(self, opts: MarkDeviceOpts) -> None: ...
 
 
 # Whether an operation on (volume id, pod uid or None) is running or queued right now.
@@ -149,8 +148,8 @@ class MountWatcher:
             if not self._still_mounted(mv.mount_path):
                 log.warning("mount %s of %s vanished; re-establishing", mv.mount_path, mv.pod.key,
                             extra={"volume": mv.outer_name, "pod": mv.pod.key})
-                asw.mark_volume_uncertain(mv.volume_id, mv.pod, mv.outer_name, mv.spec, mv.plugin_name,
-                                          mv.mount_path, mv.device_mount_path is not None)
+                asw.mark_volume_uncertain(MarkVolumeOpts(mv.volume_id, mv.pod, mv.outer_name, mv.spec, mv.plugin_name,
+                                                         mv.mount_path, mv.device_mount_path is not None))
                 lost.add(mv.volume_id)
         for av in asw.attached_volumes():
             if (av.device_mountable and av.device_state.value == "mounted" and av.device_mount_path
@@ -159,8 +158,8 @@ class MountWatcher:
                     and not self._is_pending(av.volume_id)
                     and not self._still_mounted(av.device_mount_path)):
                 log.warning("staging mount %s vanished", av.device_mount_path, extra={"volume": av.volume_id})
-                asw.mark_device_uncertain(av.volume_id, av.spec, av.plugin_name, av.device_path,
-                                          av.device_mount_path)
+                asw.mark_device_uncertain(MarkDeviceOpts(av.volume_id, av.spec, av.plugin_name, av.device_path,
+                                                         av.device_mount_path))
                 lost.add(av.volume_id)
         if lost:
             self._mark_dirty(lost)

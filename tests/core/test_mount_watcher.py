@@ -8,7 +8,7 @@ import subprocess
 
 from mount_utils.mounter import LinuxMounter
 from operation_executor.plugin import PluginRegistry
-from operation_executor.types import PodRef, VolumeSpec
+from operation_executor.types import MarkVolumeOpts, PodRef, VolumeSpec
 from tests.core.scripted_plugin import ScriptedPlugin
 from tests.fixtures_mounts import mount_cleanup, require_root  # noqa: F401 - fixture
 from volumemanager.cache.actual_state import ActualStateOfWorld
@@ -36,7 +36,7 @@ def test_vanished_mounts_are_marked_uncertain_and_handed_back(mount_cleanup):  #
         spec = VolumeSpec(name=name, plugin_name=plugin.name, source=source)
         paths[name] = str(mount_cleanup / name)
         os.makedirs(paths[name])
-        asw.mark_volume_mounted(f"v/{name}", POD, name, spec, plugin.name, paths[name], False)
+        asw.mark_volume_mounted(MarkVolumeOpts(f"v/{name}", POD, name, spec, plugin.name, paths[name], False))
     subprocess.run(["mount", "-t", "tmpfs", "tmpfs", paths["kept"]], check=True)
     dirty: list[set[str]] = []
     watcher = MountWatcher(LinuxMounter(), str(mount_cleanup), asw, reg,

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from operation_executor.errors import OperationError
 from operation_executor.states import DeviceMountState, VolumeMountState
-from operation_executor.types import AttachedVolume, MountedVolume, PodRef, VolumeSpec
+from operation_executor.types import AttachedVolume, MarkDeviceOpts, MarkVolumeOpts, MountedVolume, PodRef, VolumeSpec
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,15 @@ class ActualStateOfWorld:
 
     # --- ActualStateUpdater ---------------------------------------------------------------
 
-    def mark_device_mounted(self, volume_id, spec, plugin_name, device_path, device_mount_path) -> None:
-        self._set_device(volume_id, spec, plugin_name, device_path, device_mount_path, DeviceMountState.MOUNTED)
+    def mark_device_mounted(self, opts: MarkDeviceOpts) -> None:
+        self._set_device(opts, DeviceMountState.MOUNTED)
 
-    def mark_device_uncertain(self, volume_id, spec, plugin_name, device_path, device_mount_path) -> None:
-        self._set_device(volume_id, spec, plugin_name, device_path, device_mount_path, DeviceMountState.UNCERTAIN)
+    def mark_device_uncertain(self, opts: MarkDeviceOpts) -> None:
+        self._set_device(opts, DeviceMountState.UNCERTAIN)
 
-    def _set_device(self, volume_id, spec, plugin_name, device_path, device_mount_path, state) -> None:
+    def _set_device(self, opts: MarkDeviceOpts, state: DeviceMountState) -> None:
+        volume_id, spec, plugin_name = opts.volume_id, opts.spec, opts.plugin_name
+        device_path, device_mount_path = opts.device_path, opts.device_mount_path
         with self._lock:
             v = self._volume(volume_id, spec, plugin_name, True)
             v.device_mountable = True
@@ -107,17 +109,17 @@ class ActualStateOfWorld:
             self._maybe_drop(volume_id)
             self._touch(volume_id)
 
-    def mark_volume_mounted(self, volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable) -> None:
-        self._set_pod(volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable, VolumeMountState.MOUNTED)
+    def mark_volume_mounted(self, opts: MarkVolumeOpts) -> None:
+        self._set_pod(opts, VolumeMountState.MOUNTED)
 
-    def mark_volume_uncertain(self, volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable) -> None:
-        self._set_pod(volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable, VolumeMountState.UNCERTAIN)
+    def mark_volume_uncertain(self, opts: MarkVolumeOpts) -> None:
+        self._set_pod(opts, VolumeMountState.UNCERTAIN)
 
-    def _set_pod(self, volume_id, pod, outer_name, spec, plugin_name, mount_path, device_mountable, state) -> None:
+    def _set_pod(self, o: MarkVolumeOpts, state: VolumeMountState) -> None:
         with self._lock:
-            v = self._volume(volume_id, spec, plugin_name, device_mountable)
-            v.pods[pod.uid] = _Pod(pod, outer_name, spec, mount_path, state)
-            self._touch(volume_id)
+            v = self._volume(o.volume_id, o.spec, o.plugin_name, o.device_mountable)
+            v.pods[o.pod.uid] = _Pod(o.pod, o.outer_name, o.spec, o.mount_path, state)
+            self._touch(o.volume_id)
 
     def mark_volume_unmounted(self, volume_id: str, pod_uid: str) -> None:
         with self._lock:
