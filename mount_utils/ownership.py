@@ -395,7 +395,9 @@ def _mount_points_below(root: str, table: MountTable | None) -> frozenset[str]:
         table = table if table is not None else MountTable.read()
     except OSError:
         return frozenset()  # no /proc: st_dev still keeps other filesystems out
-    return frozenset(m.mount_point for m in table.under(root) if m.mount_point != root)
+    # mountinfo holds resolved paths; the walk builds its paths from `root` as given.
+    real = os.path.realpath(root)
+    return frozenset(root + m.mount_point[len(real):] for m in table.under(real) if m.mount_point != real)
 
 
 def set_volume_ownership(path: str | os.PathLike[str], fs_group: int, policy: str = ALWAYS,
@@ -409,6 +411,9 @@ def set_volume_ownership(path: str | os.PathLike[str], fs_group: int, policy: st
     read-only volume at all). ``workers``: threads (default ``DEFAULT_WORKERS``). ``timeout``:
     seconds after which the walk stops (``timed_out`` in the result; the root is left as it
     was so the next attempt walks again). ``mount_table``: a parsed mountinfo, to spare a read.
+
+    A root that is not a directory gets the one-entry rules (a symlink root: its own group
+    only, never its target's, as the kubelet's ``walkDeep`` lstat does).
 
     Raises ``ValueError`` for a bad policy or group, ``OwnershipError`` when the root itself
     cannot be read; failures below the root are in the result (``raise_for_failures``).

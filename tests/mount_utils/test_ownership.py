@@ -130,7 +130,9 @@ def test_mount_below_is_not_crossed(mount_cleanup):
     os.mkdir(f"{root}/src/sub")
     other_root = os.lstat(other)
 
-    res = set_volume_ownership(root, GID)
+    # Through a symlinked parent: mountinfo's resolved paths must still match the walk's.
+    os.symlink(mount_cleanup, mount_cleanup / "parent-link")
+    res = set_volume_ownership(mount_cleanup / "parent-link" / "vol", GID)
 
     assert res.complete
     assert os.lstat(f"{other}/inside").st_gid == 0
