@@ -24,7 +24,6 @@ import threading
 import time
 from typing import Callable, Iterable
 
-from mount_utils.cleanup import remove_empty_dirs
 from operation_executor.executor import OperationExecutor, OperationKey, OperationOutcome
 from operation_executor.generator import UNMOUNT_VOLUME
 from operation_executor.types import VolumeToMount
@@ -85,45 +84,9 @@ class DrainableDesiredState:
         return self._current().pods()
 
 
-def remove_skeleton(pods_dir: str, uid: str, is_mount_point: Callable[[str], bool]) -> None:
-    """rmdir the empty layout dirs of ``pods/<uid>`` (never a recursive delete, never a
-    mount point). Uses ``volumemanager.pod_dirs`` when present (it knows CSI's layout)."""
-    try:
-        from volumemanager.pod_dirs import remove_pod_skeleton
-    except ImportError:
-        remove_pod_skeleton = None
-    if remove_pod_skeleton is not None:
-        remove_pod_skeleton(pods_dir, uid, is_mount_point)
-        return
-    if not uid or "/" in uid or uid in (".", ".."):
-        return
-    pod_dir = os.path.join(pods_dir, uid)
-    for kind in ("volumes", "volumeDevices"):
-        kind_dir = os.path.join(pod_dir, kind)
-        try:
-            plugin_dirs = [e.path for e in os.scandir(kind_dir) if e.is_dir(follow_symlinks=False)]
-        except (FileNotFoundError, NotADirectoryError):
-            continue
-        for d in plugin_dirs:
-            try:
-                if not is_mount_point(d):
-                    remove_empty_dirs(d, pods_dir)
-            except OSError:
-                pass
-    try:
-        remove_empty_dirs(pod_dir, pods_dir)
-    except OSError:
-        pass
-
-
-def _holders(err) -> list:
-    """The holders a teardown error carries, if the plugin found any, as plain dicts."""
-    import dataclasses
-
-    out = []
-    for h in getattr(err, "holders", None) or []:
-        out.append(dataclasses.asdict(h) if dataclasses.is_dataclass(h) else h)
-    return out
+def _holders(err) -> list[dict]:
+    """The holders a teardown error carries (``OperationError.holders``), as plain dicts."""
+    return [h.to_dict() for h in getattr(err, "holders", None) or ()]
 
 
 def _iso(ts: float) -> str:
@@ -137,14 +100,15 @@ class DrainController:
     check are attached after the reconciler is built (it is built with ``desired_view``)."""
 
     def __init__(self, dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: OperationExecutor,
-                 pods_dir: str, is_mount_point: Callable[[str], bool],
+                 pods_dir: str, remove_skeleton: Callable[[str], object],
                  operation_label: st.OperationLabel | None = None) -> None:
         self._asw = asw
         # How each plugin names its operations in the rows (the plugin registry's).
         self._operation_label = operation_label or (lambda plugin, operation: operation)
         self._executor = executor
         self._pods_dir = pods_dir
-        self._is_mount_point = is_mount_point
+        # rmdir of the empty layout dirs of pods/<uid> (the daemon's, which knows the plugins).
+        self._remove_skeleton = remove_skeleton
         self._lock = threading.Lock()
         self._since: float | None = None
         self._total = 0
@@ -172,7 +136,7 @@ class DrainController:
             return
         if any(mv.pod.uid == uid for mv in self._asw.mounted_volumes()):
             return
-        remove_skeleton(self._pods_dir, uid, self._is_mount_point)
+        self._remove_skeleton(uid)
 
     # --- admin methods --------------------------------------------------------------------
 

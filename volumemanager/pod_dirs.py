@@ -9,9 +9,10 @@ skeletons an earlier run left behind.
 
 Only ``rmdir`` of empty directories (``mount_utils.cleanup.remove_empty_dirs``, symlink-safe),
 never a recursive delete; a mount point is never removed (it is skipped, and rmdir would
-refuse it with EBUSY anyway). Only the known layout is walked: the volume directories
-themselves are entered only for CSI, whose pod directory holds the ``mount`` target; a
-volume directory with anything in it is left alone.
+refuse it with EBUSY anyway). Only the known layout is walked: a volume directory is entered
+only where its plugin puts the pod's view below it (CSI's ``mount``), which the caller says
+through ``view_path`` (the plugins' ``pod_mount_path_on_disk``); a volume directory with
+anything else in it is left alone.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ from mount_utils.cleanup import remove_empty_dirs
 log = logging.getLogger(__name__)
 
 KINDS = ("volumes", "volumeDevices")
-CSI_DIR = "kubernetes.io~csi"  # pods/<uid>/volumes/kubernetes.io~csi/<name>/mount
+
+#: (the plugin's directory name under ``volumes/``, a volume directory, block?) -> the path of
+#: the pod's view on disk: the volume directory itself, or a directory below it.
+ViewPath = Callable[[str, str, bool], str]
+
+
+def _same_dir(plugin_dir_name: str, volume_dir: str, block: bool) -> str:
+    return volume_dir
 
 
 def _subdirs(path: str) -> list[str]:
@@ -36,17 +44,17 @@ def _subdirs(path: str) -> list[str]:
         return []
 
 
-def _skeleton_dirs(pod_dir: str) -> list[str]:
+def _skeleton_dirs(pod_dir: str, view_path: ViewPath) -> list[str]:
     """The pod's layout directories, deepest first."""
     out: list[str] = []
     for kind in KINDS:
         kind_dir = os.path.join(pod_dir, kind)
         for plugin_dir in _subdirs(kind_dir):
             for vol_dir in _subdirs(plugin_dir):
-                if os.path.basename(plugin_dir) == CSI_DIR:
-                    target = os.path.join(vol_dir, "mount")
-                    if os.path.isdir(target) and not os.path.islink(target):
-                        out.append(target)
+                view = view_path(os.path.basename(plugin_dir), vol_dir, kind == "volumeDevices")
+                if (view != vol_dir and os.path.dirname(view) == vol_dir and os.path.isdir(view)
+                        and not os.path.islink(view)):
+                    out.append(view)
                 out.append(vol_dir)
             out.append(plugin_dir)
         out.append(kind_dir)
@@ -54,7 +62,8 @@ def _skeleton_dirs(pod_dir: str) -> list[str]:
     return out
 
 
-def remove_pod_skeleton(pods_dir: str, uid: str, is_mount_point: Callable[[str], bool]) -> bool:
+def remove_pod_skeleton(pods_dir: str, uid: str, is_mount_point: Callable[[str], bool],
+                        view_path: ViewPath = _same_dir) -> bool:
     """rmdir the empty layout directories of pod ``uid``, deepest first. True when
     ``pods/<uid>`` is gone. A non-empty directory or a mount point ends nothing but itself."""
     if not uid or "/" in uid or uid in (".", ".."):
@@ -62,7 +71,7 @@ def remove_pod_skeleton(pods_dir: str, uid: str, is_mount_point: Callable[[str],
     pod_dir = os.path.join(pods_dir, uid)
     if not os.path.isdir(pod_dir) or os.path.islink(pod_dir):
         return not os.path.lexists(pod_dir)
-    for d in _skeleton_dirs(pod_dir):
+    for d in _skeleton_dirs(pod_dir, view_path):
         if not os.path.lexists(d):
             continue
         try:
@@ -74,7 +83,8 @@ def remove_pod_skeleton(pods_dir: str, uid: str, is_mount_point: Callable[[str],
     return not os.path.lexists(pod_dir)
 
 
-def sweep_pod_skeletons(pods_dir: str, keep: Callable[[str], bool], is_mount_point: Callable[[str], bool]) -> int:
+def sweep_pod_skeletons(pods_dir: str, keep: Callable[[str], bool], is_mount_point: Callable[[str], bool],
+                        view_path: ViewPath = _same_dir) -> int:
     """Remove the empty skeletons of every pod under ``pods_dir`` for which ``keep(uid)`` is
     False (a desired pod keeps its directories). Returns how many pod dirs went away."""
     try:
@@ -85,7 +95,7 @@ def sweep_pod_skeletons(pods_dir: str, keep: Callable[[str], bool], is_mount_poi
     for uid in uids:
         if keep(uid):
             continue
-        if remove_pod_skeleton(pods_dir, uid, is_mount_point):
+        if remove_pod_skeleton(pods_dir, uid, is_mount_point, view_path):
             removed += 1
     if removed:
         log.info("removed the empty directories of %d torn-down pods", removed)

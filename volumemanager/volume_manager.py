@@ -80,7 +80,7 @@ class VolumeManager:
 
         # The reconciler reads the desired state through the drain's view: empty while drained.
         self.drain = DrainController(self.dsw, self.asw, self.executor, self.host.pods_dir,
-                                     self.mounter.is_mount_point, operation_label=self.plugins.operation_label)
+                                     self._remove_pod_skeleton, operation_label=self.plugins.operation_label)
         self.reconciler = Reconciler(
             self.drain.desired_view, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
         )
@@ -163,13 +163,27 @@ class VolumeManager:
     def _remove_skeleton_after(self, outcome: OperationOutcome) -> None:
         """After a successful tear-down for a pod that is not desired: rmdir its empty dirs."""
         from operation_executor.generator import UNMOUNT_VOLUME
-        from volumemanager.pod_dirs import remove_pod_skeleton
 
         uid = outcome.key.pod_uid
         if outcome.operation != UNMOUNT_VOLUME or outcome.error is not None or not uid:
             return
         if self.dsw.find_pod(uid) is None:
-            remove_pod_skeleton(self.host.pods_dir, uid, self.mounter.is_mount_point)
+            self._remove_pod_skeleton(uid)
+
+    def _remove_pod_skeleton(self, uid: str) -> bool:
+        from volumemanager.pod_dirs import remove_pod_skeleton
+
+        return remove_pod_skeleton(self.host.pods_dir, uid, self.mounter.is_mount_point, self._pod_view_on_disk)
+
+    def _pod_view_on_disk(self, plugin_dir_name: str, volume_dir: str, block: bool) -> str:
+        """Where a plugin keeps a pod's view below its volume dir (pod_dirs asks, per plugin)."""
+        from volumemanager.plugin_host import unescape_plugin_name
+
+        try:
+            plugin = self.plugins.find(unescape_plugin_name(plugin_dir_name))
+        except KeyError:
+            return volume_dir
+        return plugin.pod_mount_path_on_disk(volume_dir, block)
 
     def _sweep_skeletons_once(self) -> None:
         """Skeletons an earlier run left: removed after the first pass that may unmount, i.e.
@@ -181,7 +195,7 @@ class VolumeManager:
 
         try:
             sweep_pod_skeletons(self.host.pods_dir, lambda uid: self.dsw.find_pod(uid) is not None,
-                                self.mounter.is_mount_point)
+                                self.mounter.is_mount_point, self._pod_view_on_disk)
         except OSError as e:
             log.warning("could not remove empty pod directories: %s", e)
 

@@ -13,13 +13,25 @@ def _is_mount_point(path: str) -> bool:
     return LinuxMounter().is_mount_point(path)
 
 
+def _view_below_mount(plugin_dir_name: str, volume_dir: str, block: bool) -> str:
+    """A plugin that keeps the pod's view in ``<volume dir>/mount`` (as CSI does)."""
+    return os.path.join(volume_dir, "mount") if plugin_dir_name == "example.com~staged" else volume_dir
+
+
 def test_empty_skeleton_goes_whole(tmp_path):
     pods = tmp_path / "pods"
     for rel in ("u1/volumes/kubernetes.io~local-volume", "u1/volumeDevices/kubernetes.io~local-volume/pv",
-                "u1/volumes/kubernetes.io~csi/pvc-1/mount"):
+                "u1/volumes/example.com~staged/pvc-1/mount"):
         (pods / rel).mkdir(parents=True)
-    assert remove_pod_skeleton(str(pods), "u1", _is_mount_point)
+    assert remove_pod_skeleton(str(pods), "u1", _is_mount_point, _view_below_mount)
     assert pods.is_dir() and not (pods / "u1").exists()
+
+
+def test_a_view_dir_below_the_volume_dir_is_entered_only_when_its_plugin_says_so(tmp_path):
+    pods = tmp_path / "pods"
+    (pods / "u1/volumes/example.com~other/pvc-1/mount").mkdir(parents=True)
+    assert not remove_pod_skeleton(str(pods), "u1", _is_mount_point, _view_below_mount)
+    assert (pods / "u1/volumes/example.com~other/pvc-1/mount").is_dir()
 
 
 def test_anything_with_content_stays(tmp_path):
