@@ -460,42 +460,59 @@ class _Handler(BaseHTTPRequestHandler):
         with fake._lock:
             fake._watches.add(w)
         last_bookmark = time.monotonic()
+        # Events are chosen under the store's lock and written outside it, so a slow reader
+        # never holds up writers (or other watches).
+        out: list[Obj] = []
+        action: Optional[str] = None  # "end" (final chunk) or "cut" (socket closed mid-stream)
+
+        def gone(rv: int) -> Obj:
+            return {"type": "ERROR", "object": status_obj(
+                410, "Expired", f"too old resource version: {rv} ({store.compacted_rv})")}
+
         try:
             with store.cond:
                 if rv_param in ("", "0"):
                     # Start "from now": synthetic ADDED for every object that matches, as the real server does.
                     seen, items = store.list(kind, namespace, fsel, lsel)
-                    for it in items:
-                        self._chunk({"type": "ADDED", "object": it})
+                    out = [{"type": "ADDED", "object": it} for it in items]
                 else:
                     seen = int(rv_param)
                     if seen < store.compacted_rv:
-                        self._chunk({"type": "ERROR", "object": status_obj(
-                            410, "Expired", f"too old resource version: {seen} ({store.compacted_rv})")})
-                        return self._end()
-                while True:
+                        out, action = [gone(seen)], "end"
+            while True:
+                for o in out:
+                    self._chunk(o)
+                if action == "end":
+                    return self._end()
+                if action == "cut":
+                    return self._cut()
+                out = []
+                with store.cond:
                     if fake._stopping or w.drop:
-                        return self._cut()
+                        action = "cut"
+                        continue
                     if w.expire or seen < store.compacted_rv:
-                        self._chunk({"type": "ERROR", "object": status_obj(
-                            410, "Expired", f"too old resource version: {seen} ({store.compacted_rv})")})
-                        return self._end()
+                        out, action = [gone(seen)], "end"
+                        continue
                     for ev in store.events_after(seen, kind.plural):
                         was = ev.prev is not None and ev.type != "ADDED" and matches(ev.prev, namespace, fsel, lsel)
                         now = ev.type != "DELETED" and matches(ev.obj, namespace, fsel, lsel)
                         etype = ("MODIFIED" if was else "ADDED") if now else ("DELETED" if was else None)
                         if etype:
-                            self._chunk({"type": etype, "object": ev.obj})
+                            out.append({"type": etype, "object": ev.obj})
                     seen = store.rv
                     t = time.monotonic()
                     if w.bookmarks and (w.bookmark_now or t - last_bookmark >= fake.bookmark_interval):
                         w.bookmark_now = False
                         last_bookmark = t
-                        self._chunk({"type": "BOOKMARK", "object": {"kind": kind.kind, "apiVersion": kind.api_version,
-                                                                     "metadata": {"resourceVersion": str(seen),
-                                                                                  "creationTimestamp": None}}})
+                        out.append({"type": "BOOKMARK", "object": {"kind": kind.kind, "apiVersion": kind.api_version,
+                                                                    "metadata": {"resourceVersion": str(seen),
+                                                                                 "creationTimestamp": None}}})
                     if t >= deadline:
-                        return self._end()
+                        action = "end"
+                        continue
+                    if out:
+                        continue
                     wait = deadline - t
                     if w.bookmarks:
                         wait = min(wait, max(0.01, fake.bookmark_interval - (t - last_bookmark)))

@@ -398,3 +398,41 @@ def test_discovery_endpoints(fake_apiserver: FakeApiServer) -> None:
         assert {"storageclasses", "csidrivers", "csinodes", "volumeattachments"} <= names
         assert "serviceaccounts/token" in {r["name"] for r in c.get("/api/v1").json()["resources"]}
         assert c.get("/apis").json()["groups"][0]["name"] == "storage.k8s.io"
+
+
+def test_runs_as_a_subprocess(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    objs = tmp_path / "objs.json"
+    objs.write_text(json.dumps([pod("p1")]))
+    kc = tmp_path / "kc"
+    proc = subprocess.Popen([sys.executable, "-m", "tests.fake_apiserver", str(kc), str(objs)],
+                            stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parents[2])
+    try:
+        url = proc.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:")
+        c = Client(KubeConfig.from_file(str(kc)), trust_env=False)
+        try:
+            assert [p.metadata.name for p in c.list(Pod, namespace="*")] == ["p1"]
+        finally:
+            c.close()
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_strategic_merge_and_selectors_edge_cases() -> None:
+    from tests.fake_apiserver.patch import strategic_merge_patch
+    from tests.fake_apiserver.store import field_selector_matches, label_selector_matches
+    old = {"status": {"conditions": [{"type": "A", "status": "1"}, {"type": "B", "status": "1"}],
+                      "volumesInUse": ["x", "y"]}}
+    new = strategic_merge_patch(old, {"status": {"conditions": [{"type": "A", "$patch": "delete"}],
+                                                 "volumesInUse": ["z"], "$retainKeys": ["conditions"]}})
+    assert new == {"status": {"conditions": [{"type": "B", "status": "1"}], "volumesInUse": ["z"]}}
+    o = {"metadata": {"name": "n", "labels": {"a": "1"}}, "spec": {"nodeName": "x"}}
+    assert field_selector_matches("spec.nodeName=x,metadata.name!=m", o)
+    assert not field_selector_matches("spec.nodeName==y", o)
+    assert field_selector_matches("spec.missing=", o)
+    assert label_selector_matches("a in (1,2),!b", o) and not label_selector_matches("a notin (1)", o)
+    with pytest.raises(ValueError):
+        field_selector_matches("spec.nodeName~x", o)
