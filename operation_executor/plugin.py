@@ -146,6 +146,12 @@ class VolumePlugin(ABC):
         on the volume dir itself; CSI publishes into ``<dir>/mount``."""
         return volume_dir
 
+    def owns_pod_dir(self, escaped: str) -> bool:
+        """Whether ``pods/<uid>/volumes/<escaped>`` holds this plugin's volumes although
+        ``escaped`` is not its name with ``/`` as ``~``: FlexVolume names the dir after the
+        driver (``vendor~driver``), as the kubelet does. Asked only when no plugin has that name."""
+        return False
+
     def construct_volume_spec(self, volume_name: str, volume_dir: str) -> VolumeSpec | None:
         """Rebuild the spec of a pod volume found on disk at restart that nobody desires, from
         its name and whatever the plugin saved in ``volume_dir`` (the kubelet's
@@ -225,6 +231,16 @@ class PluginRegistry:
         """The plugin's name for an operation; the operation itself for an unknown plugin."""
         plugin = self._plugins.get(plugin_name or "")
         return plugin.operation_label(operation) if plugin is not None else operation
+
+    def find_for_pod_dir(self, escaped: str) -> VolumePlugin | None:
+        """The plugin whose volumes are under ``pods/<uid>/volumes/<escaped>``: the plugin of
+        that name (``~`` read as ``/``), else the one plugin that owns the dir
+        (``VolumePlugin.owns_pod_dir``); None when none does."""
+        plugin = self._plugins.get(escaped.replace("~", "/"))
+        if plugin is not None:
+            return plugin
+        owners = [p for p in self._plugins.values() if p.owns_pod_dir(escaped)]
+        return owners[0] if len(owners) == 1 else None
 
     def find_for_source(self, source: object) -> VolumePlugin | None:
         """The plugin that serves a volume source (the kubelet's ``FindPluginBySpec`` over

@@ -104,11 +104,9 @@ def reconstruct_actual_state(
         for kind, block in POD_VOLUME_KINDS:
             base = os.path.join(pods_dir, uid, kind)
             for escaped in _listdir(base):
-                plugin_name = unescape_plugin_name(escaped)
-                try:
-                    plugin = plugins.find(plugin_name)
-                except KeyError:
-                    plugin = None
+                # Usually the plugin's name; FlexVolume's dirs are named after the driver.
+                plugin = plugins.find_for_pod_dir(escaped)
+                plugin_name = plugin.name if plugin is not None else unescape_plugin_name(escaped)
                 for name in _listdir(os.path.join(base, escaped)):
                     vol_dir = os.path.join(base, escaped, name)
                     if plugin is None:
