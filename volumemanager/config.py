@@ -14,6 +14,8 @@ DEFAULT_MANIFEST_DIR = "/etc/volumemanager/manifests"
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9469"
 # The kubelet's csiTimeout: a node call that has not answered in two minutes is uncertain.
 DEFAULT_CSI_TIMEOUT_SECONDS = 120.0
+# The kubelet's --volume-plugin-dir: FlexVolume drivers at <dir>/<vendor>~<driver>/<driver>.
+DEFAULT_VOLUME_PLUGIN_DIR = "/usr/libexec/kubernetes/kubelet-plugins/volume/exec"
 
 
 class ConfigError(ValueError):
@@ -32,6 +34,7 @@ class DaemonConfig:
     log_format: str = "text"
     log_level: str = "info"
     csi_timeout: float = DEFAULT_CSI_TIMEOUT_SECONDS
+    volume_plugin_dir: str = DEFAULT_VOLUME_PLUGIN_DIR
     config: str | None = None
 
     @property
@@ -80,7 +83,7 @@ def build_config(flag_values: dict) -> DaemonConfig:
     if cfg_path:
         values.update(load_config_file(cfg_path))
     values.update({k: v for k, v in flag_values.items() if v is not None and v != []})
-    for key in ("root_dir", "manifest_dir", "plugins_registry_dir", "socket"):
+    for key in ("root_dir", "manifest_dir", "plugins_registry_dir", "socket", "volume_plugin_dir"):
         # Relative paths mean "from here", as with any command; the daemon keeps them absolute.
         if isinstance(values.get(key), str) and values[key]:
             values[key] = os.path.abspath(values[key])

@@ -61,7 +61,14 @@ class VolumeManager:
         self.mounter = mounter or LinuxMounter()
         self.host = DaemonPluginHost(config.root_dir, config.node_name, self.mounter)
         self.drivers = DriverRegistry(client_factory=_csi_client_factory(float(config.csi_timeout)))
-        self.plugins = build_plugins(self.host, self.drivers)
+        from volumemanager.plugins.flexvolume_driver import DEFAULT_PLUGIN_DIR as DEFAULT_VOLUME_PLUGIN_DIR
+        from volumemanager.plugins.flexvolume_driver import FlexProber
+
+        # FlexVolume drivers, probed in --volume-plugin-dir without restarts (started with the CSI drivers).
+        self.flex = FlexProber(getattr(config, "volume_plugin_dir", DEFAULT_VOLUME_PLUGIN_DIR),
+                               on_change=self._flex_drivers_changed)
+        self._flex_resolving = False
+        self.plugins = build_plugins(self.host, self.drivers, flex_drivers=self.flex)
         self.dsw = DesiredStateOfWorld()
         self.asw = ActualStateOfWorld()
         self.executor = OperationExecutor()
@@ -211,6 +218,7 @@ class VolumeManager:
         self._start_drivers()
         self._load_pod_owners()
         self.populator.start()
+        self._flex_resolving = True
         self.reconstruct()
         if self.populator.needs_recheck:
             # Pods held back by the owner record: from now on the actual state decides.
@@ -246,6 +254,14 @@ class VolumeManager:
         finally:
             self._reconstructed = True
 
+    def _flex_drivers_changed(self, names: set[str]) -> None:
+        """A FlexVolume driver came, went or changed: resolve the pods again (whether a volume
+        is attachable, hence its id, is the driver's answer), and wake the volumes that wait
+        for a driver. Before the first read of the desired state there is nothing to redo."""
+        if self._flex_resolving:
+            self.populator.sync(force=True)
+            self.reconciler.wake_waiting()
+
     def _start_drivers(self) -> None:
         from volumemanager.csi.registration import PluginRegistrationWatcher, parse_static_driver
 
@@ -256,6 +272,9 @@ class VolumeManager:
         if self._watch_plugins:
             self._registration = PluginRegistrationWatcher(self.config.registry_dir, self.drivers)
             self._registration.start()
+            self.flex.start()  # probes once now: drivers present are known before reconstruction
+        else:
+            self.flex.probe()
 
     def _register_static(self, name: str, endpoint: str) -> None:
         from volumemanager.csi import registration
@@ -283,7 +302,7 @@ class VolumeManager:
         self.reconciler.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for thing in (self._device_source, self._registration, self._mount_watcher):
+        for thing in (self._device_source, self._registration, self._mount_watcher, self.flex):
             if thing is not None:
                 try:
                     thing.stop()

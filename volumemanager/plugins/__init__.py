@@ -13,14 +13,17 @@ from operation_executor.plugin import PluginHost, PluginRegistry
 
 if TYPE_CHECKING:
     from volumemanager.csi.registry import DriverRegistry
+    from volumemanager.plugins.flexvolume import FlexDriverLookup
 
 
-def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = None) -> PluginRegistry:
+def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = None,
+                  flex_drivers: FlexDriverLookup | None = None) -> PluginRegistry:
     """Every built-in plugin. CSI needs the driver registry (a fresh empty one when None);
     the others only the host. Imported here, not at the top, so that importing one plugin
     module does not load them all."""
     from volumemanager.plugins.csi import CSIPlugin
     from volumemanager.plugins.empty_dir import EmptyDirPlugin
+    from volumemanager.plugins.flexvolume import FlexVolumePlugin
     from volumemanager.plugins.host_path import HostPathPlugin
     from volumemanager.plugins.local import LocalPlugin
     from volumemanager.plugins.nfs import NFSPlugin
@@ -35,4 +38,5 @@ def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = Non
     reg.register(LocalPlugin(host))
     reg.register(NFSPlugin(host))
     reg.register(CSIPlugin(host, driver_registry))
+    reg.register(FlexVolumePlugin(host, flex_drivers))  # flex_drivers: the FlexVolume prober
     return reg
