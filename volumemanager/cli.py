@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--plugins-registry-dir", default=None, help="CSI plugin registration sockets (default <root-dir>/plugins_registry)")
     d.add_argument("--csi-driver", action="append", default=None, metavar="NAME=unix:///path",
                    help="register a CSI driver statically (repeatable)")
+    d.add_argument("--csi-controller", action="append", default=None, metavar="NAME=unix:///path",
+                   help="the Controller service of CSI driver NAME on its own socket (repeatable; "
+                        "default: the driver's socket, when it advertises CONTROLLER_SERVICE)")
     d.add_argument("--volume-plugin-dir", default=None, metavar="DIR",
                    help="FlexVolume drivers, <DIR>/<vendor>~<driver>/<driver>, picked up when they appear "
                         "(default /usr/libexec/kubernetes/kubelet-plugins/volume/exec, the kubelet's)")
@@ -331,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
 
         flags = {k: getattr(args, k) for k in ("root_dir", "socket", "config", "manifest_dir", "plugins_registry_dir",
                                                "csi_driver", "node_name", "metrics_address", "log_format", "log_level",
-                                               "csi_timeout", "volume_plugin_dir")}
+                                               "csi_timeout", "csi_controller", "volume_plugin_dir")}
         return run_daemon({k: v for k, v in flags.items() if v is not None})
     if args.command == "install-unit":
         from volumemanager import install_unit

@@ -29,6 +29,8 @@ class DaemonConfig:
     manifest_dir: str = DEFAULT_MANIFEST_DIR
     plugins_registry_dir: str | None = None  # default: <root_dir>/plugins_registry
     csi_driver: list[str] = field(default_factory=list)
+    # NAME=unix:///path: the Controller service of driver NAME on a socket of its own.
+    csi_controller: list[str] = field(default_factory=list)
     node_name: str = field(default_factory=gethostname)
     metrics_address: str = DEFAULT_METRICS_ADDRESS
     log_format: str = "text"
@@ -52,6 +54,9 @@ class DaemonConfig:
         for d in self.csi_driver:
             if "=" not in d:
                 raise ConfigError(f"csi_driver must be NAME=unix:///path, got {d!r}")
+        for d in self.csi_controller:
+            if not isinstance(d, str) or "=" not in d:
+                raise ConfigError(f"csi_controller must be NAME=unix:///path, got {d!r}")
 
 
 def load_config_file(path: str) -> dict:
@@ -70,7 +75,7 @@ def load_config_file(path: str) -> dict:
         key = str(k).replace("-", "_")
         if key not in known:
             raise ConfigError(f"{path}: unknown key {k!r} (known: {', '.join(sorted(known))})")
-        if key == "csi_driver" and isinstance(v, str):
+        if key in ("csi_driver", "csi_controller") and isinstance(v, str):
             v = [v]
         out[key] = v
     return out

@@ -97,6 +97,9 @@ class NullMetrics:
     def observe_reconcile(self, seconds: float) -> None:
         pass
 
+    def observe_csi_call(self, driver: str, method: str, code: str, seconds: float) -> None:
+        pass
+
     def set_volume_stats(self, pod: str, volume: str, stats: dict[str, int]) -> None:
         pass
 
@@ -166,6 +169,14 @@ class Metrics(NullMetrics):
         for desired, state in self._state_keys:
             self._volumes.labels(desired=desired, state=state).set(0)
         self._lock = threading.Lock()
+        self._csi_ops = prom.Histogram(
+            "volumemanager_csi_sidecar_operations_seconds",
+            "Duration of CSI Controller calls (provision, delete...), as the CSI sidecars' "
+            "csi_sidecar_operations_seconds",
+            ["driver_name", "method_name", "grpc_status_code"],
+            buckets=OPERATION_BUCKETS,
+            registry=r,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -219,6 +230,13 @@ class Metrics(NullMetrics):
 
     def observe_reconcile(self, seconds: float) -> None:
         self._reconcile.observe(max(0.0, seconds))
+
+    def observe_csi_call(self, driver: str, method: str, code: str, seconds: float) -> None:
+        """One CSI Controller call, labelled as the CSI sidecars do (csi-lib-utils metrics):
+        method_name is the full gRPC method, grpc_status_code the status name."""
+        self._csi_ops.labels(driver_name=driver, method_name=f"/csi.v1.Controller/{method}"
+                             if method.startswith(("Create", "Delete", "Controller", "List", "Validate", "GetCapacity"))
+                             else f"/csi.v1.Identity/{method}", grpc_status_code=code).observe(max(0.0, seconds))
 
     def set_volume_stats(self, pod: str, volume: str, stats: dict[str, int]) -> None:
         namespace, name = _split_pod(pod)

@@ -61,6 +61,7 @@ class VolumeManager:
         self.mounter = mounter or LinuxMounter()
         self.host = DaemonPluginHost(config.root_dir, config.node_name, self.mounter)
         self.drivers = DriverRegistry(client_factory=_csi_client_factory(float(config.csi_timeout)))
+        self._setup_controller_clients(config, metrics)
         from volumemanager.plugins.flexvolume_driver import DEFAULT_PLUGIN_DIR as DEFAULT_VOLUME_PLUGIN_DIR
         from volumemanager.plugins.flexvolume_driver import FlexProber
 
@@ -79,6 +80,12 @@ class VolumeManager:
 
             journal = FileIntentJournal(os.path.join(config.root_dir, "state"))
         self.journal = journal
+        from volumemanager.controller.overlay import ProvisionedOverlaySource
+        from volumemanager.controller.records import ProvisionedVolumes
+
+        # Provisioned PVs (issue 14) join the desired state through this overlay.
+        self.provisioned = ProvisionedVolumes(os.path.join(config.root_dir, "state"))
+        source = ProvisionedOverlaySource(source, self.provisioned)
         self.generator = OperationGenerator(self.plugins, self.asw, journal)
         self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed,
                                                host_volumes=self._host_pod_volumes)
@@ -91,6 +98,7 @@ class VolumeManager:
         self.reconciler = Reconciler(
             self.drain.desired_view, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
         )
+        self.controller = self._build_controller(source)
         self.drain.attach(self.reconciler, self._ready_to_unmount)
         self.executor.add_completion_callback(_log_outcome)
         # A pod held back because its UID or PV is still in use here is looked at again
@@ -127,6 +135,71 @@ class VolumeManager:
         if pairs:
             self.pod_owners.update(pairs, lambda uid: self.dsw.get_pod(uid) is not None
                                    or os.path.isdir(self.host.pod_dir(uid)))
+
+    def _setup_controller_clients(self, config: DaemonConfig, metrics) -> None:
+        """Controller-service clients with the --csi-timeout deadline, feeding the sidecars'
+        metric; --csi-controller NAME=ENDPOINT overrides where a driver's service is."""
+        from volumemanager.csi.registration import parse_static_driver
+
+        for spec in config.csi_controller:
+            name, endpoint = parse_static_driver(spec)
+            self.drivers.controller_overrides[name] = endpoint
+        drivers = self.drivers
+
+        def make(endpoint: str):
+            from volumemanager.csi.controller_client import CSIControllerClient
+
+            def observe(method: str, code: str, seconds: float) -> None:
+                if metrics is None:
+                    return
+                name = next((d.name for d in drivers.list() if d.controller_endpoint == endpoint), "")
+                metrics.observe_csi_call(name, method, code, seconds)
+
+            return CSIControllerClient(endpoint, timeout=float(config.csi_timeout), observer=observe)
+
+        self.drivers.set_controller_factory(make)
+
+    def _build_controller(self, source):
+        from volumemanager.controller.operations import ControllerOperations
+        from volumemanager.controller.reconciler import ControllerReconciler
+
+        ops = ControllerOperations(self.drivers, self.provisioned, self.journal, self.populator.get_secret)
+        controller = ControllerReconciler(source, self.provisioned, self.drivers, self.executor, ops,
+                                          self._volumes_in_use, self._ready_to_unmount,
+                                          lambda: self.populator.sync())
+        source.on_change_hooks.append(controller.wake)
+        return controller
+
+    def _volumes_in_use(self) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
+        """The controller's narrow view of the node: PV names and (driver, handle) pairs that a
+        pod view, a stage or a desired pod still has. A volume in it is never deleted."""
+        from volumemanager.manifests.models import CSISource
+
+        specs = [mv.spec for mv in self.asw.mounted_volumes()] + [av.spec for av in self.asw.attached_volumes()]
+        specs += [v.spec for v in self.dsw.volumes_to_mount()]
+        names: set[str] = set()
+        handles: set[tuple[str, str]] = set()
+        for spec in specs:
+            if spec is None:
+                continue
+            if spec.pv_name:
+                names.add(spec.pv_name)
+            src = spec.source
+            if isinstance(src, CSISource) and src.volume_handle:
+                handles.add((src.driver, src.volume_handle))
+        return frozenset(names), frozenset(handles)
+
+    def _source_recovered(self) -> None:
+        """The desired state was read whole again after a failed read: what was kept meanwhile
+        and is not desired is torn down now (say how much), not at the next full pass."""
+        if self._reconstructed:
+            kept = [mv for mv in self.asw.mounted_volumes()
+                    if not self.dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid)]
+            if kept:
+                log.info("desired state read whole again: %d volumes of %d pods on the node are not desired; "
+                         "tearing them down", len(kept), len({mv.pod.uid for mv in kept}),
+                         extra={"volumes": len(kept), "pods": len({mv.pod.uid for mv in kept})})
+        self.reconciler.mark_all_dirty()
 
     def _ready_to_unmount(self) -> bool:
         return self.populator.has_added_pods and self._reconstructed
@@ -217,6 +290,7 @@ class VolumeManager:
         start the loop. Returns when the first pass has started its operations."""
         self._start_drivers()
         self._load_pod_owners()
+        self.provisioned.load()
         self.populator.start()
         self._flex_resolving = True
         self.reconstruct()
@@ -224,6 +298,7 @@ class VolumeManager:
             # Pods held back by the owner record: from now on the actual state decides.
             self.populator.sync(recheck=True)
         self.reconciler.reconcile(None)
+        self.controller.start()
         if self._watch_devices:
             self._start_device_events()
         from volumemanager.mount_watcher import MountWatcher
@@ -300,6 +375,7 @@ class VolumeManager:
     def stop(self, wait_operations: float = 30.0) -> None:
         """Stop the loop and the watchers. Mounts stay: stopping is not unmounting."""
         self.reconciler.stop()
+        self.controller.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
         for thing in (self._device_source, self._registration, self._mount_watcher, self.flex):
@@ -361,6 +437,8 @@ class VolumeManager:
             "manifest_errors": [e.to_dict() for e in snap.errors],
             "sources": [h.to_dict() for h in self.populator.source_healths()],
             "interrupted_at_start": list(self.interrupted_at_start),
+            "claims": self.controller.claims(),
+            "snapshots": [],
             "reconciler": {
                 "passes": self.reconciler.passes,
                 "last_pass_duration_ms": round(self.reconciler.last_pass_duration * 1000, 3),
@@ -383,7 +461,10 @@ class VolumeManager:
         drivers = {d.name for d in self.drivers.list()}
         out = []
         for r in rows:
-            out.append({"volume": r.volume, "state": r.state, "lines": st.explain_row(r, drivers), "row": r.to_dict()})
+            lines = st.explain_row(r, drivers)
+            if r.state != st.MOUNTED:
+                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume)
+            out.append({"volume": r.volume, "state": r.state, "lines": lines, "row": r.to_dict()})
         out_lines = [] if rows else [f"pod {pod_key} has no volumes"]
         drained = self.drain.explain_line()
         if drained is not None:
@@ -416,8 +497,18 @@ class VolumeManager:
         return 1, {"pod": pod_key, "found": True, "desired": False, "volumes": out,
                    "lines": [f"pod {pod_key} is not desired any more: its volumes are being torn down"]}
 
+    def _claim_lines(self, namespace: str, pod_key: str, volume: str) -> list[str]:
+        """The controller's part of explain for a pod volume on a claim (provisioning...)."""
+        from volumemanager.manifests.models import PVCSource
+
+        pod = self.populator.snapshot.pod_by_key(pod_key)
+        vol = pod.volume(volume) if pod is not None else None
+        if vol is None or not isinstance(vol.source, PVCSource):
+            return []
+        return self.controller.explain_claim(namespace, vol.source.claim_name)
+
     def plan(self) -> list[dict]:
-        return [a.to_dict() for a in self.reconciler.plan()]
+        return self.controller.plan() + [a.to_dict() for a in self.reconciler.plan()]
 
     def pod_mounted(self, pod_key: str) -> bool | None:
         dp = self.dsw.find_pod(pod_key)
@@ -471,6 +562,8 @@ def _driver_dict(d) -> dict:
         "endpoint": d.endpoint,
         "node_id": d.node_id,
         "capabilities": sorted(d.capabilities),
+        "controller_endpoint": d.controller_endpoint,
+        "controller_capabilities": sorted(d.controller_capabilities),
         "source": d.source,
         "registered_at": d.registered_at,
     }

@@ -164,16 +164,19 @@ def _status_name(code: grpc.StatusCode | None) -> str:
     return code.name if code is not None else "UNKNOWN"
 
 
-def translate_error(method: str, endpoint: str, err: BaseException) -> OperationError:
+def translate_error(
+    method: str, endpoint: str, err: BaseException, uncertain_codes: frozenset = UNCERTAIN_CODES
+) -> OperationError:
     """Map a failure of ``method`` to FinalError/UncertainError with the gRPC status name as code.
 
     The message is the driver's own status message (which the spec says may be shown to
-    users) prefixed with the method; it never contains the request."""
+    users) prefixed with the method; it never contains the request. ``uncertain_codes``: the
+    node calls use kubelet's set; the controller calls the sidecars' (see controller_client)."""
     if isinstance(err, grpc.RpcError) and hasattr(err, "code"):
         code = err.code()
         details = err.details() if hasattr(err, "details") else None
         message = f"{method}: {details or _status_name(code)}"
-        if code in UNCERTAIN_CODES:
+        if code in uncertain_codes:
             return UncertainError(message, code=_status_name(code))
         return FinalError(message, code=_status_name(code))
     # Not a gRPC status (a broken channel, a bug in a stub): the request may have reached the

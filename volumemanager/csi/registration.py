@@ -110,6 +110,7 @@ def probe_driver(
         capabilities = client.node_get_capabilities()
     finally:
         client.close()
+    controller = probe_controller(endpoint, registry.controller_overrides.get(name), timeout)
     info = DriverInfo(
         name=name,
         endpoint=endpoint,
@@ -119,9 +120,41 @@ def probe_driver(
         source=source,  # type: ignore[arg-type]
         registered_at=time.time(),
         socket_path=socket_path,
+        topology=tuple(sorted(node_info.accessible_topology.segments.items())),
+        **controller,
     )
     registry.add(info)
     return info
+
+
+def probe_controller(endpoint: str, override: str | None, timeout: float) -> dict:
+    """The DriverInfo fields of a driver's Controller service. With ``override``
+    (``--csi-controller``) that endpoint is asked; else the driver's own socket, where the
+    service exists only when GetPluginCapabilities says CONTROLLER_SERVICE. A driver without
+    one (or whose Identity service does not answer that call) is a node-only driver, as before;
+    the failure is kept for ``status``, never a reason to refuse the registration."""
+    from operation_executor.errors import OperationError
+    from volumemanager.csi.controller_client import CSIControllerClient
+
+    target = override or endpoint
+    client = CSIControllerClient(target, timeout=timeout, info_timeout=timeout)
+    try:
+        try:
+            plugin_caps = frozenset(client.get_plugin_capabilities())
+        except OperationError as e:
+            if override is None:
+                return {"controller_error": str(e)}
+            plugin_caps = frozenset()
+        if override is None and "CONTROLLER_SERVICE" not in plugin_caps:
+            return {"plugin_capabilities": plugin_caps}
+        try:
+            caps = frozenset(client.controller_get_capabilities())
+        except OperationError as e:
+            log.warning("CSI driver at %s: ControllerGetCapabilities failed: %s", target, e)
+            return {"plugin_capabilities": plugin_caps, "controller_error": str(e)}
+        return {"plugin_capabilities": plugin_caps, "controller_endpoint": target, "controller_capabilities": caps}
+    finally:
+        client.close()
 
 
 def _backoff(attempt: int, cap: float) -> float:

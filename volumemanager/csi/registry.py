@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 if TYPE_CHECKING:  # the client imports gRPC: only when a driver is dialled
     from volumemanager.csi.client import CSINodeClient
@@ -30,9 +30,19 @@ class DriverInfo:
     source: Literal["registration", "static"]
     registered_at: float
     socket_path: str | None = None  # the registration socket, for source == "registration"
+    # The Controller service, when the driver has one: where it answers (its own socket, or
+    # the one given by --csi-controller NAME=...) and what it can do.
+    controller_endpoint: str | None = None
+    controller_capabilities: frozenset[str] = frozenset()
+    plugin_capabilities: frozenset[str] = frozenset()
+    topology: tuple[tuple[str, str], ...] = ()  # NodeGetInfo accessible_topology segments
+    controller_error: str | None = None  # why the Controller service could not be asked
 
     def has(self, capability: str) -> bool:
         return capability in self.capabilities
+
+    def controller_has(self, capability: str) -> bool:
+        return self.controller_endpoint is not None and capability in self.controller_capabilities
 
 
 class DriverRegistry:
@@ -50,11 +60,42 @@ class DriverRegistry:
         self._clients: dict[str, CSINodeClient] = {}
         self._subscribers: list[Callable[[str], None]] = []
         self._client_factory = client_factory
+        self._controller_clients: dict[str, Any] = {}
+        self._controller_factory: Callable[[str], Any] | None = None
+        # --csi-controller NAME=unix:///path: a Controller service on a socket of its own.
+        self.controller_overrides: dict[str, str] = {}
+
+    def set_controller_factory(self, factory: Callable[[str], Any]) -> None:
+        """How controller clients are made (the daemon passes its timeout and metrics)."""
+        self._controller_factory = factory
+
+    def controller_client(self, name: str) -> Any:
+        """The Controller-service client of a registered driver. Raises ``KeyError`` naming the
+        driver when it is not registered or serves no Controller service."""
+        with self._lock:
+            info = self._drivers.get(name)
+            if info is None:
+                raise KeyError(f"CSI driver {name!r} is not registered")
+            if info.controller_endpoint is None:
+                raise KeyError(f"CSI driver {name!r} serves no Controller service")
+            client = self._controller_clients.get(info.controller_endpoint)
+            if client is None:
+                if self._controller_factory is None:
+                    from volumemanager.csi.controller_client import CSIControllerClient
+
+                    self._controller_factory = CSIControllerClient
+                client = self._controller_factory(info.controller_endpoint)
+                self._controller_clients[info.controller_endpoint] = client
+            return client
 
     def add(self, info: DriverInfo) -> None:
         with self._lock:
             old = self._drivers.get(info.name)
             self._drivers[info.name] = info
+            for ep in {old.controller_endpoint if old is not None else None, info.controller_endpoint} - {None}:
+                stale_controller = self._controller_clients.pop(ep, None)  # type: ignore[arg-type]
+                if stale_controller is not None:
+                    stale_controller.close()
             stale = self._drop_client_locked(old.endpoint) if old is not None else None
             stale_new = self._drop_client_locked(info.endpoint)
         for client in (stale, stale_new):
@@ -110,10 +151,15 @@ class DriverRegistry:
         """Close every cached client (the daemon calls this on shutdown)."""
         with self._lock:
             clients, self._clients = list(self._clients.values()), {}
+            clients += list(self._controller_clients.values())
+            self._controller_clients = {}
         for client in clients:
             client.close()
 
     def _drop_client_locked(self, endpoint: str) -> CSINodeClient | None:
+        controller = self._controller_clients.pop(endpoint, None)
+        if controller is not None:
+            controller.close()
         return self._clients.pop(endpoint, None)
 
     def _notify(self, name: str) -> None:

@@ -1,0 +1,140 @@
+"""The controller's pure decision: which claims to provision, which volumes to delete.
+
+``decide`` looks at plain values only (the claims of the desired state, the provisioned PV
+records, what the registered drivers can do, which PVs the node still uses) and returns
+actions plus, for every claim or volume it does not act on, what it waits for. It starts
+nothing and reads nothing, so ``plan`` can show it and tests can call it with literals.
+
+The safety rules live here, in one place:
+
+* a volume is deleted only when it has our provisioned record (``records``), its claim is
+  gone (by uid), its reclaim policy is Delete, the desired state has been read whole
+  (``ready_to_delete``) and the node no longer uses it (``in_use``: no mount, no stage, no
+  desired pod);
+* a claim is provisioned once: the record of ``pvc-<uid>`` (or a manifest PV of that name)
+  means done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Mapping
+
+from volumemanager.controller import claims as cl
+from volumemanager.controller.records import ANN_CLAIM_UID
+from volumemanager.manifests import models as m
+
+PROVISION = "provision"
+DELETE = "delete"
+CREATE_DELETE_VOLUME = "CREATE_DELETE_VOLUME"
+NO_PROVISIONER = "kubernetes.io/no-provisioner"
+
+
+@dataclass(frozen=True)
+class DriverView:
+    """What ``decide`` needs to know of one registered driver."""
+
+    has_controller: bool
+    controller_capabilities: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class ControllerAction:
+    """One controller step to start. ``name`` is the volume's (PV) name and the operation key."""
+
+    kind: str  # provision | delete | (attach, expand, snapshot: added by their steps)
+    name: str
+    driver: str
+    claim: str | None  # "namespace/name"
+    detail: str
+    claim_uid: str | None = None
+
+    def to_dict(self, blocked_by: str | None = None) -> dict:
+        return {
+            "action": self.kind,
+            "volume_id": self.name,
+            "pod": None,
+            "pod_uid": None,
+            "volume": self.claim,
+            "plugin": self.driver,
+            "detail": self.detail,
+            "blocked_by": blocked_by,
+        }
+
+
+@dataclass
+class Decision:
+    actions: list[ControllerAction] = field(default_factory=list)
+    # volume name -> what it waits for (no action now)
+    waiting: dict[str, str] = field(default_factory=dict)
+
+
+def claim_uid_of(pv: m.PersistentVolume) -> str | None:
+    return pv.annotations.get(ANN_CLAIM_UID)
+
+
+def decide(
+    snap: m.Snapshot,
+    records: Mapping[str, m.PersistentVolume],
+    drivers: Mapping[str, DriverView],
+    in_use: frozenset[str],
+    ready_to_delete: bool,
+) -> Decision:
+    """Actions for every claim and every provisioned volume of ``snap`` (the desired state
+    *without* our records merged in)."""
+    out = Decision()
+    consumers = cl.claim_consumers(snap)
+    live_uids = {c.uid for c in snap.pvcs.values()}
+    for claim in sorted(snap.pvcs.values(), key=lambda c: c.key):
+        if claim.volume_name:
+            continue  # bound in the manifests: not ours to provision
+        sc = cl.storage_class_of(claim, snap)
+        if sc is None or sc.provisioner == NO_PROVISIONER:
+            continue
+        name = cl.volume_name(claim)
+        record = records.get(name)
+        if record is not None and claim_uid_of(record) == claim.uid:
+            continue  # provisioned and bound
+        if name in snap.pvs:
+            continue  # a PV of that name exists in the manifests: never provision over it
+        driver = drivers.get(sc.provisioner)
+        if driver is None:
+            out.waiting[name] = f"CSI driver {sc.provisioner} to register"
+            continue
+        if not driver.has_controller:
+            out.waiting[name] = f"CSI driver {sc.provisioner} to serve a Controller service"
+            continue
+        if CREATE_DELETE_VOLUME not in driver.controller_capabilities:
+            out.waiting[name] = f"CSI driver {sc.provisioner} to have the CREATE_DELETE_VOLUME capability"
+            continue
+        if sc.volume_binding_mode == cl.WAIT_FOR_FIRST_CONSUMER and (claim.namespace, claim.name) not in consumers:
+            out.waiting[name] = "first consumer (StorageClass volumeBindingMode WaitForFirstConsumer): no pod uses the claim"
+            continue
+        out.actions.append(ControllerAction(PROVISION, name, sc.provisioner, claim.key,
+                                            f"CreateVolume {name} for claim {claim.key} (class {sc.name})", claim.uid))
+    for name, pv in sorted(records.items()):
+        uid = claim_uid_of(pv)
+        if uid in live_uids:
+            continue
+        if pv.reclaim_policy != "Delete":
+            continue  # Released, kept (Retain)
+        driver_name = pv.source.driver if isinstance(pv.source, m.CSISource) else ""
+        if not ready_to_delete:
+            out.waiting[name] = "the desired state to be read whole (nothing is deleted until then)"
+        elif name in in_use:
+            out.waiting[name] = "the node to stop using the volume (unpublish and unstage first)"
+        elif driver_name not in drivers or not drivers[driver_name].has_controller:
+            out.waiting[name] = f"CSI driver {driver_name} (with its Controller service) to register"
+        else:
+            out.actions.append(ControllerAction(DELETE, name, driver_name, _claim_ref(pv),
+                                                f"DeleteVolume {_handle(pv)} (claim {_claim_ref(pv)} is gone, "
+                                                "reclaim policy Delete)", uid))
+    return out
+
+
+def _claim_ref(pv: m.PersistentVolume) -> str | None:
+    return f"{pv.claim_ref[0]}/{pv.claim_ref[1]}" if pv.claim_ref else None
+
+
+def _handle(pv: m.PersistentVolume) -> str:
+    return pv.source.volume_handle if isinstance(pv.source, m.CSISource) else pv.name

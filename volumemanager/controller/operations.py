@@ -1,0 +1,212 @@
+"""The controller steps as operations: closures the executor runs, one key per volume.
+
+Each step journals an fsync'd intent (``durable=True``) before its controller call and its
+outcome after, and reports one of the typed errors, so backoff, ``status`` and ``explain``
+treat it like a node step. A new step (ControllerPublish, ControllerExpand, CreateSnapshot)
+is one more method here that returns a ``GeneratedOperation``, plus its action kind in
+``decide`` and one line in ``ControllerReconciler._generate``.
+
+Crash safety comes from the order: intent -> CreateVolume -> PV record (fsync'd) -> end.
+A crash before the record is written leaves the claim without a record, so the next run
+sends CreateVolume again with the same name, and the driver answers with the same volume
+(the spec's idempotency rule); exactly one volume exists. DeleteVolume goes first and the
+record is removed after it, so a crash in between re-sends DeleteVolume, which the spec makes
+a success for a volume that is already gone.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any, Callable, Mapping
+
+from operation_executor.errors import FinalError, OperationError, UncertainError, WaitingError
+from operation_executor.generator import GeneratedOperation, as_operation_error, outcome_word
+from operation_executor.journal import IntentJournal
+from operation_executor.types import SecretRef
+from volumemanager.controller import claims as cl
+from volumemanager.controller import records as rec
+from volumemanager.controller.decide import ControllerAction
+from volumemanager.manifests import models as m
+
+log = logging.getLogger(__name__)
+
+# Controller steps run in lanes of their own per driver, so a slow CreateVolume never holds up
+# a node step (and the other way round).
+LANE_PREFIX = "csi-controller:"
+
+SecretLookup = Callable[[SecretRef], "dict[str, str] | None"]
+
+
+def operation_key(name: str) -> str:
+    """The executor key of a controller step on volume ``name``: apart from the node's keys."""
+    return f"controller/{name}"
+
+
+class ControllerOperations:
+    """Builds the controller steps from narrow dependencies: the driver registry (clients and
+    what each driver is), the provisioned-volume records, the journal and a secret lookup."""
+
+    def __init__(self, drivers: Any, records: rec.ProvisionedVolumes, journal: IntentJournal,
+                 get_secret: SecretLookup) -> None:
+        self._drivers = drivers
+        self._records = records
+        self._journal = journal
+        self._get_secret = get_secret
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _client(self, driver: str) -> Any:
+        try:
+            return self._drivers.controller_client(driver)
+        except KeyError:
+            raise WaitingError(f"CSI driver {driver} has no Controller service registered",
+                               waiting_for=f"CSI driver {driver}") from None
+
+    def _secrets(self, ref: SecretRef | None) -> dict[str, str]:
+        if ref is None:
+            return {}
+        data = self._get_secret(ref)
+        if data is None:
+            raise WaitingError(f"secret {ref.namespace}/{ref.name} not found",
+                               waiting_for=f"secret {ref.namespace}/{ref.name}")
+        return {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}
+
+    def _journaled(self, step: str, name: str, details: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
+        token = self._journal.begin(step, operation_key(name), None, details, durable=True, required=True)
+        try:
+            result = fn()
+        except BaseException as e:
+            self._journal.end(token, outcome_word(e))
+            raise
+        self._journal.end(token, "ok")
+        return result
+
+    # --- provision ------------------------------------------------------------------------
+
+    def provision(self, action: ControllerAction, claim: m.PersistentVolumeClaim,
+                  sc: m.StorageClass) -> GeneratedOperation:
+        def run() -> None:
+            try:
+                self._provision(claim, sc)
+            except BaseException as e:
+                raise as_operation_error(e, "CreateVolume") from None
+
+        return GeneratedOperation("CreateVolume", run, LANE_PREFIX + action.driver)
+
+    def _provision(self, claim: m.PersistentVolumeClaim, sc: m.StorageClass) -> None:
+        from volumemanager.csi import client as node_client
+
+        info = self._drivers.get(sc.provisioner)
+        if info is None:
+            raise WaitingError(f"CSI driver {sc.provisioner} is not registered",
+                               waiting_for=f"CSI driver {sc.provisioner}")
+        request = cl.build_request(claim, sc, "SINGLE_NODE_MULTI_WRITER" in info.controller_capabilities)
+        client = self._client(sc.provisioner)
+        secrets = self._secrets(request.secret_ref)
+        caps = [node_client.volume_capability(block, node_client.csi_pb2.VolumeCapability.AccessMode.Mode.Value(mode),
+                                              fs_type, flags)
+                for block, mode, fs_type, flags in request.capabilities]
+        topology: list[dict[str, str]] = []
+        if "VOLUME_ACCESSIBILITY_CONSTRAINTS" in info.plugin_capabilities and info.topology:
+            # One node: requisite = preferred = this node's segments (NodeGetInfo), as the
+            # sidecar's strict topology does for a selected node.
+            topology = [dict(info.topology)]
+        details = {"name": request.name, "driver": request.driver, "claim": claim.key, "claim_uid": claim.uid,
+                   "required_bytes": request.required_bytes}
+        created = self._journaled("CreateVolume", request.name, details, lambda: client.create_volume(
+            request.name, caps, request.required_bytes, request.parameters, secrets, topology, topology))
+        capacity = created.capacity_bytes or request.required_bytes
+        if request.required_bytes and capacity < request.required_bytes:
+            # The sidecar deletes a volume smaller than asked and fails the claim.
+            self._journaled("DeleteVolume", request.name, {"volume_id": created.volume_id, "driver": request.driver},
+                            lambda: client.delete_volume(created.volume_id, secrets))
+            raise FinalError(f"CreateVolume returned {capacity} bytes, less than the {request.required_bytes} "
+                             "requested; the volume was deleted", code="CAPACITY_TOO_SMALL")
+        doc = pv_document(claim, sc, request, created.volume_id, capacity, created.volume_context,
+                          created.accessible_topology)
+        try:
+            self._records.write(doc)
+        except OSError as e:
+            # The volume exists; the next attempt re-sends CreateVolume and gets it again.
+            raise UncertainError(f"writing the PersistentVolume record {self._records.path_of(request.name)}: "
+                                 f"{e.strerror}", code="RECORD_WRITE_FAILED") from None
+        log.info("provisioned %s for claim %s: volume %s, %d bytes", request.name, claim.key, created.volume_id,
+                 capacity, extra={"volume": request.name, "claim": claim.key})
+
+    # --- delete ---------------------------------------------------------------------------
+
+    def delete(self, action: ControllerAction) -> GeneratedOperation:
+        def run() -> None:
+            try:
+                self._delete(action.name)
+            except BaseException as e:
+                raise as_operation_error(e, "DeleteVolume") from None
+
+        return GeneratedOperation("DeleteVolume", run, LANE_PREFIX + action.driver)
+
+    def _delete(self, name: str) -> None:
+        pv = self._records.get(name)
+        if pv is None or not isinstance(pv.source, m.CSISource) or pv.source.volume_handle is None:
+            return  # nothing of ours to delete (never a PV without our record)
+        src = pv.source
+        client = self._client(src.driver)
+        ref = None
+        sname = pv.annotations.get(rec.ANN_DELETION_SECRET_NAME)
+        sns = pv.annotations.get(rec.ANN_DELETION_SECRET_NAMESPACE)
+        if sname and sns:
+            ref = SecretRef(sns, sname)
+        secrets = self._secrets(ref)
+
+        def call() -> None:
+            try:
+                client.delete_volume(src.volume_handle, secrets)
+            except FinalError as e:
+                if e.code != "NOT_FOUND":  # gone already: what DeleteVolume was for
+                    raise
+
+        self._journaled("DeleteVolume", name, {"volume_id": src.volume_handle, "driver": src.driver}, call)
+        self._records.remove(name)
+        log.info("deleted volume %s (%s)", name, src.volume_handle, extra={"volume": name})
+
+
+def pv_document(claim: m.PersistentVolumeClaim, sc: m.StorageClass, request: cl.ProvisionRequest, volume_id: str,
+                capacity: int, volume_context: Mapping[str, str],
+                accessible_topology: tuple[dict[str, str], ...]) -> dict[str, Any]:
+    """The PersistentVolume the sidecar and the PV binder would have made for the claim."""
+    annotations = {
+        rec.ANN_PROVISIONED_BY: sc.provisioner,
+        rec.ANN_PROVISIONED_BY_ISSUE: sc.provisioner,
+        rec.ANN_CLAIM_UID: claim.uid,
+        rec.ANN_DELETION_SECRET_NAME: request.secret_ref.name if request.secret_ref else "",
+        rec.ANN_DELETION_SECRET_NAMESPACE: request.secret_ref.namespace if request.secret_ref else "",
+        "volumemanager.io/provisioned-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    csi: dict[str, Any] = {"driver": sc.provisioner, "volumeHandle": volume_id,
+                           "volumeAttributes": dict(volume_context)}
+    if request.fs_type:
+        csi["fsType"] = request.fs_type
+    for key, field in (("node-stage", "nodeStageSecretRef"), ("node-publish", "nodePublishSecretRef"),
+                       ("node-expand", "nodeExpandSecretRef")):
+        sname = sc.parameters.get(f"{cl.PREFIX}{key}-secret-name")
+        sns = sc.parameters.get(f"{cl.PREFIX}{key}-secret-namespace")
+        if sname and sns:
+            csi[field] = {"name": cl._resolve_template(sname, claim, request.name, key, True),
+                          "namespace": cl._resolve_template(sns, claim, request.name, key, False)}
+    spec: dict[str, Any] = {
+        "accessModes": list(claim.access_modes or ("ReadWriteOnce",)),
+        "capacity": {"storage": str(capacity)},
+        "csi": csi,
+        "persistentVolumeReclaimPolicy": sc.reclaim_policy,
+        "storageClassName": sc.name,
+        "volumeMode": claim.volume_mode or m.FILESYSTEM,
+        "claimRef": {"namespace": claim.namespace, "name": claim.name, "uid": claim.uid},
+    }
+    if sc.mount_options:
+        spec["mountOptions"] = list(sc.mount_options)
+    if accessible_topology:
+        spec["nodeAffinity"] = {"required": {"nodeSelectorTerms": [
+            {"matchExpressions": [{"key": k, "operator": "In", "values": [v]} for k, v in sorted(t.items())]}
+            for t in accessible_topology]}}
+    return {"apiVersion": "v1", "kind": "PersistentVolume",
+            "metadata": {"name": request.name, "annotations": annotations}, "spec": spec}

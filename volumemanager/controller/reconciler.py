@@ -1,0 +1,305 @@
+"""The controller reconciler: provisions and deletes volumes for claims, beside the node reconciler.
+
+Its own small loop, woken by whatever may change a decision (a desired-state change, a driver
+registering, any operation finishing, a backoff running out) and by a slow timer as a safety
+net. A pass reads the desired state *without* our records (the overlay's raw snapshot), the
+records, what the drivers can do and which volumes the node uses, calls the pure
+``decide.decide`` and starts the actions through the shared executor (one key per volume,
+``controller/<pv name>``), so backoff and "one operation per volume" are the executor's.
+
+It also answers for the claims: ``claims()`` for ``status --json``, ``explain_claim`` for
+``explain`` and ``plan()`` for ``plan``.
+
+Adding a step (attach, expand, snapshot): give ``decide`` the action kind, give
+``ControllerOperations`` the method that builds it, and map the kind in ``_generate``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from operation_executor.errors import AlreadyPendingError, BackoffError, OperationError, WaitingError
+from operation_executor.executor import OperationExecutor, OperationKey, OperationOutcome
+from volumemanager.controller import claims as cl
+from volumemanager.controller import decide as dc
+from volumemanager.controller.operations import ControllerOperations, operation_key
+from volumemanager.controller.overlay import ProvisionedOverlaySource
+from volumemanager.controller.records import ANN_PROVISIONED_BY, ProvisionedVolumes
+from volumemanager.manifests import models as m
+
+log = logging.getLogger(__name__)
+
+# A safety net only: events wake the loop. While a claim waits or backs off, passes come
+# this often so a backoff that ran out is acted on promptly.
+IDLE_RECHECK_SECONDS = 10.0
+BUSY_RECHECK_SECONDS = 0.5
+KEY_PREFIX = "controller/"
+
+PENDING, BOUND, RELEASED, LOST = "Pending", "Bound", "Released", "Lost"
+
+# (PV names, (driver, volume handle) pairs) the node still uses: mounts, stages, desired pods.
+InUseReader = Callable[[], tuple[frozenset[str], frozenset[tuple[str, str]]]]
+
+
+@dataclass
+class _Result:
+    operation: str
+    error: BaseException | None
+    at: float
+
+
+class ControllerReconciler:
+    def __init__(
+        self,
+        source: ProvisionedOverlaySource,
+        records: ProvisionedVolumes,
+        drivers: Any,
+        executor: OperationExecutor,
+        operations: ControllerOperations,
+        in_use: InUseReader,
+        ready_to_delete: Callable[[], bool],
+        on_records_changed: Callable[[], None],
+    ) -> None:
+        self._source = source
+        self._records = records
+        self._drivers = drivers
+        self._executor = executor
+        self._ops = operations
+        self._in_use = in_use
+        self._ready_to_delete = ready_to_delete
+        self._on_records_changed = on_records_changed
+        self._cond = threading.Condition()
+        self._dirty = True
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        self._results: dict[str, _Result] = {}
+        self._last_waiting: dict[str, str] = {}
+        self.passes = 0
+        executor.add_completion_callback(self._on_complete)
+        drivers.subscribe(lambda name: self.wake())
+
+    # --- loop -----------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        with self._cond:
+            self._dirty = True
+            self._cond.notify()
+
+    def start(self) -> None:
+        self.reconcile()
+        self._thread = threading.Thread(target=self._run, name="vm-controller", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                if not self._dirty and not self._stop:
+                    busy = bool(self._last_waiting) or any(r.error is not None for r in self._results.values())
+                    self._cond.wait(BUSY_RECHECK_SECONDS if busy else IDLE_RECHECK_SECONDS)
+                if self._stop:
+                    return
+                self._dirty = False
+            try:
+                self.reconcile()
+            except Exception:  # noqa: BLE001 - the loop must survive a bug in one pass
+                log.exception("controller reconcile pass failed")
+
+    def _on_complete(self, outcome: OperationOutcome) -> None:
+        key = outcome.key.volume_id
+        if key.startswith(KEY_PREFIX):
+            name = key[len(KEY_PREFIX):]
+            with self._cond:
+                self._results[name] = _Result(outcome.operation, outcome.error, time.time())
+            if outcome.error is None:
+                self._on_records_changed()
+        self.wake()  # a node tear-down may free a volume to delete
+
+    # --- deciding -------------------------------------------------------------------------
+
+    def _driver_views(self) -> dict[str, dc.DriverView]:
+        return {d.name: dc.DriverView(d.controller_endpoint is not None, d.controller_capabilities)
+                for d in self._drivers.list()}
+
+    def _in_use_names(self, records: dict[str, m.PersistentVolume]) -> frozenset[str]:
+        names, handles = self._in_use()
+        used = set(names)
+        for name, pv in records.items():
+            src = pv.source
+            if isinstance(src, m.CSISource) and (src.driver, src.volume_handle) in handles:
+                used.add(name)
+        return frozenset(used & set(records))
+
+    def decision(self) -> dc.Decision:
+        records = self._records.all()
+        return dc.decide(self._source.raw_snapshot(), records, self._driver_views(),
+                         self._in_use_names(records), self._ready_to_delete())
+
+    def reconcile(self) -> list[dc.ControllerAction]:
+        self.passes += 1
+        decision = self.decision()
+        with self._cond:
+            self._last_waiting = dict(decision.waiting)
+        started = []
+        for action in decision.actions:
+            if self._start(action):
+                started.append(action)
+        return started
+
+    def _start(self, action: dc.ControllerAction) -> bool:
+        try:
+            op = self._generate(action)
+            if op is None:
+                return False
+            self._executor.run(OperationKey(operation_key(action.name)), op.name, op.fn,
+                               plugin=action.driver, lane=op.lane)
+            return True
+        except (AlreadyPendingError, BackoffError):
+            return False
+
+    def _generate(self, action: dc.ControllerAction):
+        if action.kind == dc.PROVISION:
+            snap = self._source.raw_snapshot()
+            claim = next((c for c in snap.pvcs.values() if c.uid == action.claim_uid), None)
+            sc = cl.storage_class_of(claim, snap) if claim is not None else None
+            if claim is None or sc is None:
+                return None
+            return self._ops.provision(action, claim, sc)
+        if action.kind == dc.DELETE:
+            return self._ops.delete(action)
+        raise ValueError(f"unknown controller action {action.kind!r}")
+
+    # --- answering ------------------------------------------------------------------------
+
+    def _blocked_by(self, name: str, operation: str) -> str | None:
+        running = self._executor.pending_operation(operation_key(name))
+        if running is not None:
+            return f"in progress: {running}"
+        remaining = self._executor.backoff_remaining(OperationKey(operation_key(name)))
+        if remaining > 0:
+            return f"backoff: retry in {remaining:.1f}s"
+        return None
+
+    def plan(self) -> list[dict]:
+        """The controller actions a pass would start now (``plan``), without starting them."""
+        return [a.to_dict(self._blocked_by(a.name, a.kind)) for a in self.decision().actions]
+
+    def _error_fields(self, name: str) -> dict:
+        with self._cond:
+            result = self._results.get(name)
+        err = result.error if result is not None else None
+        out: dict = {"last_error": None, "next_retry_seconds": None, "in_progress": None}
+        running = self._executor.pending_operation(operation_key(name))
+        if running is not None:
+            out["in_progress"] = running
+        if err is not None and not isinstance(err, WaitingError):
+            out["last_error"] = {
+                "operation": result.operation,
+                "code": getattr(err, "code", None) or "UNKNOWN",
+                "message": err.message if isinstance(err, OperationError) else str(err),
+                "at": result.at,
+            }
+            remaining = self._executor.backoff_remaining(OperationKey(operation_key(name)))
+            out["next_retry_seconds"] = round(remaining, 1)
+        return out
+
+    def claims(self) -> list[dict]:
+        """One entry per claim of the desired state, and one per provisioned volume whose
+        claim is gone (Released). ``status --json`` shows them as ``claims``."""
+        out = self._claim_entries()
+        for entry in out:
+            entry.pop("static", None)
+        return out
+
+    def _claim_entries(self) -> list[dict]:
+        snap = self._source.raw_snapshot()
+        records = self._records.all()
+        with self._cond:
+            waiting = dict(self._last_waiting)
+        out = []
+        claim_uids = set()
+        for claim in sorted(snap.pvcs.values(), key=lambda c: c.key):
+            claim_uids.add(claim.uid)
+            sc = cl.storage_class_of(claim, snap)
+            name = claim.volume_name or cl.volume_name(claim)
+            pv = snap.pvs.get(name) if claim.volume_name else (records.get(name) or snap.pvs.get(name))
+            if pv is not None and not claim.volume_name and pv.annotations.get(dc.ANN_CLAIM_UID, claim.uid) != claim.uid:
+                pv = None
+            if claim.volume_name:
+                phase = BOUND if pv is not None else LOST
+            else:
+                phase = BOUND if pv is not None else PENDING
+            entry = _entry(claim.key, claim.uid, phase, pv, claim.request_bytes, claim.storage_class_name)
+            entry["pv"] = entry["pv"] or claim.volume_name
+            entry["static"] = bool(claim.volume_name)
+            entry["waiting_for"] = None if phase == BOUND else waiting.get(name)
+            if phase == PENDING and sc is None:
+                entry["waiting_for"] = (f"StorageClass {claim.storage_class_name}" if claim.storage_class_name
+                                        else "a volumeName or a storageClassName")
+            entry.update(self._error_fields(name) if not claim.volume_name else
+                         {"last_error": None, "next_retry_seconds": None, "in_progress": None})
+            out.append(entry)
+        for name, pv in sorted(records.items()):
+            if pv.annotations.get(dc.ANN_CLAIM_UID) in claim_uids:
+                continue
+            ref = f"{pv.claim_ref[0]}/{pv.claim_ref[1]}" if pv.claim_ref else None
+            entry = _entry(ref, pv.annotations.get(dc.ANN_CLAIM_UID), RELEASED, pv, None, pv.storage_class_name)
+            entry["waiting_for"] = waiting.get(name)
+            entry.update(self._error_fields(name))
+            out.append(entry)
+        return out
+
+    def explain_claim(self, namespace: str, name: str) -> list[str]:
+        """The controller's part of the chain for a pod volume on claim namespace/name."""
+        key = f"{namespace}/{name}"
+        entry = next((c for c in self._claim_entries() if c["claim"] == key and c["phase"] != RELEASED), None)
+        if entry is None or entry.pop("static", False):
+            return []  # bound in the manifests: the node side says all there is
+        if entry["phase"] == BOUND:
+            line = f"claim {key} is Bound to persistentvolume {entry['pv']}"
+            if entry.get("provisioned_by"):
+                line += f" (volume {entry['volume_handle']}, provisioned by {entry['provisioned_by']})"
+            return [line]
+        if entry["phase"] == LOST:
+            return [f"claim {key} is Lost: its persistentvolume {entry['pv'] or '?'} does not exist"]
+        lines = [f"claim {key} is Pending"]
+        if entry["in_progress"]:
+            lines.append(f"provisioning: {entry['in_progress']} in progress")
+        err = entry["last_error"]
+        if err is not None:
+            lines.append(f"{err['operation']} failed with {err['code']}: {err['message']}")
+            if entry["next_retry_seconds"] is not None and not entry["in_progress"]:
+                lines.append(f"next retry in {entry['next_retry_seconds']:.1f} s")
+        if entry["waiting_for"]:
+            lines.append(f"waiting for {entry['waiting_for']}")
+        elif err is None and not entry["in_progress"]:
+            lines.append("provisioning: CreateVolume about to start")
+        return lines
+
+
+def _entry(claim: str | None, uid: str | None, phase: str, pv: m.PersistentVolume | None,
+           requested: int | None, storage_class: str | None) -> dict:
+    src = pv.source if pv is not None else None
+    return {
+        "claim": claim,
+        "claim_uid": uid,
+        "phase": phase,
+        "pv": pv.name if pv is not None else None,
+        "volume_handle": src.volume_handle if isinstance(src, m.CSISource) else None,
+        "driver": src.driver if isinstance(src, m.CSISource) else None,
+        "requested_bytes": requested,
+        "capacity_bytes": pv.capacity_bytes if pv is not None else None,
+        "storage_class": storage_class or (pv.storage_class_name if pv is not None else None) or None,
+        "reclaim_policy": pv.reclaim_policy if pv is not None else None,
+        "provisioned_by": pv.annotations.get(ANN_PROVISIONED_BY) if pv is not None else None,
+    }

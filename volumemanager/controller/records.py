@@ -1,0 +1,133 @@
+"""The PersistentVolumes this daemon provisioned: one fsync'd file per volume under the root dir.
+
+``<root>/state/provisioned/pvc-<claim uid>.json`` is a real PersistentVolume document (the same
+parser as the manifest dir reads it), written before anything may use the volume: write a temp
+file, fsync it, rename it over the name, fsync the directory. A crash leaves either the old
+file or the new one, never half of one; a stray temp file is removed at load.
+
+The file *is* the provisioned-by record: only a volume with a file here is ever deleted by the
+daemon (DeleteVolume), never a PV from the manifest dir.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from typing import Any, Mapping
+
+from volumemanager.manifests.loader import load_bytes, load_file
+from volumemanager.manifests.models import PersistentVolume
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = "provisioned"
+SUFFIX = ".json"
+TMP_SUFFIX = ".tmp"
+# The sidecar's annotation (lib provisionClaimOperation) and the issue's name for the same fact.
+ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
+ANN_PROVISIONED_BY_ISSUE = "volumes.kubernetes.io/provisioned-by"
+# Which claim (by uid) the volume was made for: a claim deleted and re-created under the same
+# name is a different claim and must not inherit the volume.
+ANN_CLAIM_UID = "volumemanager.io/claim-uid"
+# external-provisioner keeps the provisioner secret ref for DeleteVolume in these.
+ANN_DELETION_SECRET_NAME = "volume.kubernetes.io/provisioner-deletion-secret-name"
+ANN_DELETION_SECRET_NAMESPACE = "volume.kubernetes.io/provisioner-deletion-secret-namespace"
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class ProvisionedVolumes:
+    """Thread-safe store of the provisioned PV records; ``generation`` grows on every change."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.directory = os.path.join(state_dir, RECORDS_DIR)
+        self._lock = threading.Lock()
+        self._pvs: dict[str, PersistentVolume] = {}
+        self._errors: dict[str, str] = {}
+        self.generation = 0
+
+    def path_of(self, name: str) -> str:
+        return os.path.join(self.directory, name + SUFFIX)
+
+    def load(self) -> None:
+        """Read every record (at start). A record that does not parse is kept on disk and
+        reported, never deleted: it may be the only trace of a volume in the storage system."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        pvs: dict[str, PersistentVolume] = {}
+        errors: dict[str, str] = {}
+        for entry in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, entry)
+            if entry.endswith(TMP_SUFFIX):
+                os.unlink(path)  # a write interrupted before its rename: the old record stands
+                continue
+            if not entry.endswith(SUFFIX):
+                continue
+            result = load_file(path, display_name=path)
+            found = [o for o in result.objects if isinstance(o, PersistentVolume)]
+            if result.errors or len(found) != 1 or found[0].name + SUFFIX != entry:
+                errors[entry] = "; ".join(str(e) for e in result.errors) or "not exactly one PersistentVolume"
+                log.error("provisioned volume record %s cannot be read: %s", path, errors[entry])
+                continue
+            pvs[found[0].name] = found[0]
+        with self._lock:
+            self._pvs, self._errors = pvs, errors
+            self.generation += 1
+
+    def all(self) -> dict[str, PersistentVolume]:
+        with self._lock:
+            return dict(self._pvs)
+
+    def get(self, name: str) -> PersistentVolume | None:
+        with self._lock:
+            return self._pvs.get(name)
+
+    def errors(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._errors)
+
+    def write(self, document: Mapping[str, Any]) -> PersistentVolume:
+        """Write one PV document durably and return it as parsed; raises ``OSError`` or
+        ``ValueError`` (a document our own parser refuses: a bug, never half-written)."""
+        name = document["metadata"]["name"]
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        path = self.path_of(name)
+        tmp = path + TMP_SUFFIX
+        data = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        result = load_bytes(data, path, json_format=True)
+        found = [o for o in result.objects if isinstance(o, PersistentVolume)]
+        if result.errors or len(found) != 1:
+            os.unlink(tmp)
+            raise ValueError(f"{path}: the PersistentVolume written does not parse: "
+                             + "; ".join(str(e) for e in result.errors))
+        os.rename(tmp, path)
+        _fsync_dir(self.directory)
+        with self._lock:
+            self._pvs[name] = found[0]
+            self.generation += 1
+        return found[0]
+
+    def remove(self, name: str) -> None:
+        """Forget a deleted volume (after DeleteVolume succeeded), durably."""
+        try:
+            os.unlink(self.path_of(name))
+        except FileNotFoundError:
+            pass
+        else:
+            _fsync_dir(self.directory)
+        with self._lock:
+            self._pvs.pop(name, None)
+            self.generation += 1

@@ -1,0 +1,201 @@
+"""A synchronous client for a CSI driver's Controller service (and the Identity calls that find it).
+
+The error mapping is the CSI sidecars', not the kubelet's (external-provisioner ``checkError``):
+
+* CANCELLED, DEADLINE_EXCEEDED, UNAVAILABLE, ABORTED, or anything that is not a gRPC status
+  -> ``UncertainError`` ("in background"): the driver may still be creating or deleting, so the
+  same request (same name) must be sent again before anything else is assumed;
+* every other status -> ``FinalError``: the driver answered and nothing runs. That includes
+  RESOURCE_EXHAUSTED, which the node client counts as uncertain: a provisioner retries it with
+  backoff like any finished failure.
+
+Every call carries the daemon's ``--csi-timeout`` deadline; identity and capability calls a
+short one of their own. Requests hold secrets (``csi_secret`` fields) and are never logged
+except through ``sanitize_request``.
+
+New controller steps (ControllerPublish/Unpublish, ControllerExpandVolume, snapshots) are one
+method each here, built on ``_controller_call``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Mapping
+
+import grpc
+from google.protobuf.message import Message
+
+from volumemanager._proto.csi.v1 import csi_pb2, csi_pb2_grpc
+from volumemanager.csi.client import (
+    DEFAULT_AUTHORITY,
+    DEFAULT_INFO_TIMEOUT_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    sanitize_request,
+    translate_error,
+)
+from volumemanager.csi.endpoint import socket_path_of
+
+log = logging.getLogger(__name__)
+
+# external-provisioner checkError: these mean "the operation may still be in progress".
+CONTROLLER_UNCERTAIN_CODES = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.ABORTED,
+    }
+)
+
+# Observer of every controller call: (method, gRPC status name or "OK", seconds). The daemon
+# feeds csi_sidecar_operations_seconds from it.
+CallObserver = Callable[[str, str, float], None]
+
+
+def plugin_capability_name(value: int) -> str:
+    enum = csi_pb2.PluginCapability.Service.Type
+    return enum.Name(value) if value in enum.values() else f"UNKNOWN_{value}"
+
+
+def controller_capability_name(value: int) -> str:
+    enum = csi_pb2.ControllerServiceCapability.RPC.Type
+    return enum.Name(value) if value in enum.values() else f"UNKNOWN_{value}"
+
+
+@dataclass(frozen=True)
+class CreatedVolume:
+    """What CreateVolume answered: everything the PersistentVolume record needs."""
+
+    volume_id: str
+    capacity_bytes: int  # 0: the driver did not say (the spec: unknown)
+    volume_context: dict[str, str] = field(default_factory=dict)
+    accessible_topology: tuple[dict[str, str], ...] = ()
+
+
+class CSIControllerClient:
+    """One gRPC channel to the endpoint serving a driver's Controller service."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        info_timeout: float = DEFAULT_INFO_TIMEOUT_SECONDS,
+        observer: CallObserver | None = None,
+    ) -> None:
+        self.endpoint = endpoint
+        self.socket_path = socket_path_of(endpoint)
+        self.timeout = timeout
+        self.info_timeout = min(info_timeout, timeout)
+        self.observer = observer
+        self._lock = threading.Lock()
+        self._channel: grpc.Channel | None = None
+        self._controller: csi_pb2_grpc.ControllerStub | None = None
+        self._identity: csi_pb2_grpc.IdentityStub | None = None
+
+    def __repr__(self) -> str:
+        return f"CSIControllerClient({self.endpoint!r})"
+
+    # --- plumbing -------------------------------------------------------------------------
+
+    def _stubs(self) -> tuple[csi_pb2_grpc.ControllerStub, csi_pb2_grpc.IdentityStub]:
+        with self._lock:
+            if self._channel is None:
+                self._channel = grpc.insecure_channel(
+                    f"unix://{self.socket_path}", options=[("grpc.default_authority", DEFAULT_AUTHORITY)]
+                )
+                self._controller = csi_pb2_grpc.ControllerStub(self._channel)
+                self._identity = csi_pb2_grpc.IdentityStub(self._channel)
+            assert self._controller is not None and self._identity is not None
+            return self._controller, self._identity
+
+    def close(self) -> None:
+        with self._lock:
+            channel, self._channel = self._channel, None
+            self._controller = self._identity = None
+        if channel is not None:
+            channel.close()
+
+    def __enter__(self) -> CSIControllerClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, method: str, fn: Callable[..., Any], request: Message, timeout: float) -> Any:
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("CSI %s on %s: %s", method, self.endpoint, sanitize_request(request))
+        started = time.monotonic()
+        code = "OK"
+        try:
+            return fn(request, timeout=timeout)
+        except Exception as err:  # noqa: BLE001 - every failure is classified, none escapes raw
+            mapped = translate_error(method, self.endpoint, err, CONTROLLER_UNCERTAIN_CODES)
+            code = mapped.code or "UNKNOWN"
+            raise mapped from None
+        finally:
+            if self.observer is not None:
+                try:
+                    self.observer(method, code, time.monotonic() - started)
+                except Exception:  # noqa: BLE001 - metrics never break an operation
+                    log.exception("CSI call observer failed")
+
+    def _controller_call(self, method: str, request: Message, timeout: float | None = None) -> Any:
+        controller, _ = self._stubs()
+        return self._call(method, getattr(controller, method), request, timeout or self.timeout)
+
+    # --- identity -------------------------------------------------------------------------
+
+    def get_plugin_capabilities(self) -> set[str]:
+        """Names of the plugin's service capabilities, e.g. ``{"CONTROLLER_SERVICE"}``."""
+        _, identity = self._stubs()
+        resp = self._call("GetPluginCapabilities", identity.GetPluginCapabilities,
+                          csi_pb2.GetPluginCapabilitiesRequest(), self.info_timeout)
+        return {plugin_capability_name(c.service.type) for c in resp.capabilities if c.HasField("service")}
+
+    # --- controller -----------------------------------------------------------------------
+
+    def controller_get_capabilities(self) -> set[str]:
+        """Names of the advertised controller RPC capabilities, e.g. ``{"CREATE_DELETE_VOLUME"}``."""
+        resp = self._controller_call(
+            "ControllerGetCapabilities", csi_pb2.ControllerGetCapabilitiesRequest(), self.info_timeout
+        )
+        return {controller_capability_name(c.rpc.type) for c in resp.capabilities if c.HasField("rpc")}
+
+    def create_volume(
+        self,
+        name: str,
+        capabilities: Iterable[csi_pb2.VolumeCapability],
+        required_bytes: int = 0,
+        parameters: Mapping[str, str] | None = None,
+        secrets: Mapping[str, str] | None = None,
+        requisite: Iterable[Mapping[str, str]] = (),
+        preferred: Iterable[Mapping[str, str]] = (),
+    ) -> CreatedVolume:
+        req = csi_pb2.CreateVolumeRequest(
+            name=name,
+            volume_capabilities=list(capabilities),
+            parameters=dict(parameters or {}),
+            secrets=dict(secrets or {}),
+        )
+        if required_bytes:
+            req.capacity_range.required_bytes = int(required_bytes)
+        requisite, preferred = list(requisite), list(preferred)
+        if requisite or preferred:
+            req.accessibility_requirements.requisite.extend(csi_pb2.Topology(segments=dict(t)) for t in requisite)
+            req.accessibility_requirements.preferred.extend(csi_pb2.Topology(segments=dict(t)) for t in preferred)
+        resp = self._controller_call("CreateVolume", req)
+        vol = resp.volume
+        return CreatedVolume(
+            volume_id=vol.volume_id,
+            capacity_bytes=int(vol.capacity_bytes),
+            volume_context=dict(vol.volume_context),
+            accessible_topology=tuple(dict(t.segments) for t in vol.accessible_topology),
+        )
+
+    def delete_volume(self, volume_id: str, secrets: Mapping[str, str] | None = None) -> None:
+        self._controller_call(
+            "DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=volume_id, secrets=dict(secrets or {}))
+        )
