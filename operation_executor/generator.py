@@ -10,15 +10,16 @@ the reverse calls are idempotent and an extra one is cheaper than a leaked mount
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from operation_executor.executor import DEFAULT_LANE
 from operation_executor.errors import FinalError, OperationError, TransientError, UncertainError, is_uncertain
 from operation_executor.journal import IntentJournal, NullJournal
-from operation_executor.plugin import PluginRegistry
+from operation_executor.plugin import FS_GROUP_MOUNT_GROUP, PluginRegistry, VolumePlugin
 from operation_executor.states import DeviceMountState, VolumeMountState
-from operation_executor.types import AttachedVolume, MarkDeviceOpts, MarkVolumeOpts, MountedVolume, VolumeSpec, VolumeToMount
+from operation_executor.types import (BLOCK, AttachedVolume, FsGroupResult, MarkDeviceOpts, MarkVolumeOpts,
+                                      MountedVolume, VolumeSpec, VolumeToMount)
 from operation_executor.updater import ActualStateUpdater
 
 log = logging.getLogger(__name__)
@@ -27,6 +28,12 @@ MOUNT_VOLUME = "mount_volume"
 UNMOUNT_VOLUME = "unmount_volume"
 UNMOUNT_DEVICE = "unmount_device"
 EXPAND_VOLUME = "expand_volume"
+
+# The fsGroup walk of one set-up stops after this long (the root is then left unchanged, so
+# the retry walks again and, as only wrong entries are changed, carries on where it stopped):
+# a huge volume costs a mount error with backoff, never a worker held for hours.
+FS_GROUP_WALK_TIMEOUT_SECONDS = 600.0
+SET_VOLUME_OWNERSHIP = "SetVolumeOwnership"  # how status names the fsGroup step of a mount
 
 
 @dataclass(frozen=True)
@@ -59,10 +66,13 @@ class OperationGenerator:
         plugins: PluginRegistry,
         updater: ActualStateUpdater,
         journal: IntentJournal | None = None,
+        on_fs_group: Callable[[str, FsGroupResult], None] | None = None,
     ) -> None:
         self._plugins = plugins
         self._asw = updater
         self._journal = journal or NullJournal()
+        # Told (plugin name, result) after each fsGroup application: the daemon's metrics.
+        self._on_fs_group = on_fs_group
 
     def _lane(self, plugin_name: str, spec: VolumeSpec) -> str:
         try:
@@ -102,6 +112,8 @@ class OperationGenerator:
         def run() -> None:
             plugin = self._plugins.find(vtm.plugin_name)
             spec, pod = vtm.spec, vtm.pod
+            # The plugin's calls see the pod's fsGroup (a driver may apply it itself).
+            call_spec = spec if vtm.fs_group is None else replace(spec, fs_group=vtm.fs_group)
             device_mount_path: str | None = None
             try:
                 if vtm.device_mountable:
@@ -116,7 +128,7 @@ class OperationGenerator:
                                 vtm.volume_id,
                                 None,
                                 {"device_path": device_path, "device_mount_path": device_mount_path},
-                                lambda: plugin.mount_device(spec, device_path, device_mount_path),
+                                lambda: plugin.mount_device(call_spec, device_path, device_mount_path),
                                 durable=plugin.durable_intents,
                             )
                         except BaseException as e:
@@ -141,7 +153,7 @@ class OperationGenerator:
                     vtm.volume_id,
                     pod.uid,
                     {"mount_path": mount_path, "device_mount_path": device_mount_path},
-                    lambda: plugin.set_up(spec, pod, vtm.outer_name, device_mount_path),
+                    lambda: plugin.set_up(call_spec, pod, vtm.outer_name, device_mount_path),
                     durable=plugin.durable_intents,
                 )
             except BaseException as e:
@@ -152,12 +164,87 @@ class OperationGenerator:
                     ))
                 self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", err)
                 raise err from (None if err is e else e)
+            fs_group: FsGroupResult | None = None
+            if vtm.fs_group is not None:
+                try:
+                    fs_group = self._apply_fs_group(plugin, vtm, call_spec, mount_path)
+                except BaseException as e:
+                    # The view is set up but the pod cannot use it yet (the kubelet's
+                    # "applyFSGroup failed"): possibly mounted, so it is retried while desired
+                    # and torn down when not.
+                    err = as_operation_error(e, SET_VOLUME_OWNERSHIP)
+                    self._asw.mark_volume_uncertain(MarkVolumeOpts(
+                        vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
+                    ))
+                    self._asw.record_result(vtm.volume_id, pod.uid, SET_VOLUME_OWNERSHIP, err)
+                    raise err from (None if err is e else e)
             self._asw.mark_volume_mounted(MarkVolumeOpts(
                 vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
             ))
+            if fs_group is not None:
+                self._asw.mark_fs_group(vtm.volume_id, pod.uid, fs_group)
             self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", None)
 
         return GeneratedOperation(MOUNT_VOLUME, run, self._lane(vtm.plugin_name, vtm.spec))
+
+    def _apply_fs_group(self, plugin: VolumePlugin, vtm: VolumeToMount, spec: VolumeSpec,
+                        mount_path: str) -> FsGroupResult:
+        """Give the pod's view its fsGroup after SetUp, as the plugin says (``fs_group_mode``):
+        a bounded walk of the tree (one stat with OnRootMismatch when the root is right), or
+        nothing when the driver applied it, the plugin takes none, or the volume is read-only
+        (never walked). Raises a typed error naming the paths when the walk is incomplete."""
+        from mount_utils.ownership import ALWAYS, OwnershipError, set_volume_ownership
+
+        gid = int(vtm.fs_group)  # type: ignore[arg-type]  # checked by the caller
+        policy = vtm.fs_group_change_policy or ALWAYS
+        mode = None if spec.volume_mode == BLOCK else plugin.fs_group_mode(spec)
+        result = FsGroupResult(gid, policy, mode=mode)
+        if spec.volume_mode == BLOCK:
+            result = replace(result, skipped_reason="block volume: no filesystem to walk")
+        elif mode is None:
+            result = replace(result, skipped_reason=plugin.fs_group_skip_reason(spec))
+        elif mode == FS_GROUP_MOUNT_GROUP:
+            result = replace(result, skipped_reason="applied by the driver (volume_mount_group): no walk")
+        elif spec.read_only:
+            result = replace(result, skipped_reason="read-only volume: never walked")
+        else:
+            def walk():
+                try:
+                    res = set_volume_ownership(mount_path, gid, policy, read_only=False,
+                                               workers=plugin.fs_group_walk_workers,
+                                               timeout=FS_GROUP_WALK_TIMEOUT_SECONDS)
+                except OwnershipError as e:
+                    raise UncertainError(f"setting fsGroup {gid} on {mount_path}: {e.filename}: {e.strerror}",
+                                         code="FSGROUP_FAILED") from None
+                except ValueError as e:
+                    raise FinalError(f"setting fsGroup on {mount_path}: {e}", code="BAD_SPEC") from None
+                if not res.complete:
+                    try:
+                        res.raise_for_failures()
+                    except Exception as e:  # OwnershipIncompleteError: its message names the paths
+                        raise UncertainError(str(e), code="FSGROUP_FAILED") from None
+                return res
+
+            res = self._step(
+                "set_volume_ownership",
+                vtm.volume_id,
+                vtm.pod.uid,
+                {"mount_path": mount_path, "fs_group": gid, "policy": policy},
+                walk,
+                durable=False,  # it only changes ownership bits: redone by the next set-up anyway
+            )
+            result = replace(result, seconds=res.seconds, files_changed=res.changed_entries, files=res.files,
+                             dirs=res.dirs, skipped_reason=res.skipped_reason)
+            if res.changed_entries:
+                log.info("fsGroup %d (%s) on %s: %d of %d entries changed in %.2f s", gid, policy, mount_path,
+                         res.changed_entries, res.files + res.dirs, res.seconds,
+                         extra={"pod": vtm.pod.key, "volume": vtm.outer_name})
+        if self._on_fs_group is not None:
+            try:
+                self._on_fs_group(vtm.plugin_name, result)
+            except Exception:  # metrics never fail a mount
+                log.exception("fsGroup observer failed")
+        return result
 
     # --- unmount --------------------------------------------------------------------------
 

@@ -192,6 +192,29 @@ class VolumePlugin(ABC):
     # no answer: true for filesystems on this node, never for network ones (a hung server).
     statvfs_stats: bool = False
 
+    # --- fsGroup ----------------------------------------------------------------------------
+
+    def fs_group_mode(self, spec: VolumeSpec) -> str | None:
+        """How a pod's ``securityContext.fsGroup`` reaches this volume (the kubelet's
+        per-plugin rules): ``FS_GROUP_WALK`` -- the mount operation gives the tree at
+        ``mount_path`` the group and setgid bits after a successful ``set_up``
+        (``mount_utils.ownership``; never for a read-only volume); ``FS_GROUP_MOUNT_GROUP`` --
+        the plugin hands ``spec.fs_group`` to its driver itself (CSI VOLUME_MOUNT_GROUP) and
+        there is no walk; None -- fsGroup does not apply (hostPath, the default). Plugins that
+        write their files themselves (configMap, secret, downwardAPI, projected) answer
+        ``FS_GROUP_WALK``: the walk only changes what is wrong, so after each write it costs
+        one stat per file."""
+        return None
+
+    def fs_group_skip_reason(self, spec: VolumeSpec) -> str:
+        """Why ``fs_group_mode`` is None for this volume, for status (``skipped_reason``)."""
+        return f"{self.display_name} volumes do not take an fsGroup"
+
+    # Threads for the fsGroup walk: one is fastest on local filesystems (the GIL, see
+    # mount_utils.ownership.DEFAULT_WORKERS); a network filesystem, where every syscall waits
+    # for the server, sets more.
+    fs_group_walk_workers: int | None = None
+
     # --- optional capabilities ------------------------------------------------------------
 
     def expand(self, spec: VolumeSpec, device_path: str | None, device_mount_path: str | None) -> int | None:
@@ -202,6 +225,10 @@ class VolumePlugin(ABC):
     def volume_stats(self, spec: VolumeSpec, mount_path: str) -> Mapping[str, int] | None:
         """Capacity/used bytes and inodes for metrics, or None when unknown."""
         return None
+
+
+FS_GROUP_WALK = "walk"
+FS_GROUP_MOUNT_GROUP = "mount_group"
 
 
 class PluginRegistry:

@@ -63,6 +63,11 @@ class VolumeSpec:
     access_modes: tuple[str, ...] = ()
     capacity_bytes: int | None = None
     extra: Mapping[str, str] = field(default_factory=dict)
+    # The pod's fsGroup, only on the copy of the spec the mount operation hands to the
+    # plugin's mount_device/set_up (a driver with VOLUME_MOUNT_GROUP applies it itself). The
+    # desired and actual states keep specs without it: a volume's spec is the same for
+    # every pod that uses it, the fsGroup is per pod (VolumeToMount.fs_group).
+    fs_group: int | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +80,10 @@ class VolumeToMount:
     spec: VolumeSpec
     plugin_name: str
     device_mountable: bool
+    # The pod's securityContext.fsGroup and fsGroupChangePolicy (None: not given, i.e. no
+    # fsGroup / Always): applied after SetUp by the mount operation (see FsGroupResult).
+    fs_group: int | None = None
+    fs_group_change_policy: str | None = None
 
     @property
     def operation_pod_uid(self) -> str | None:
@@ -134,3 +143,25 @@ class MarkDeviceOpts:
     plugin_name: str
     device_path: str | None
     device_mount_path: str
+
+
+@dataclass(frozen=True)
+class FsGroupResult:
+    """What applying a pod's fsGroup to one (volume, pod) did, for status and explain:
+    the group and policy asked for, the walk's wall time and counts, or why there was no walk
+    (``skipped_reason``: read-only, not supported by the plugin, delegated to the CSI driver,
+    OnRootMismatch with a root that already matches)."""
+
+    gid: int
+    policy: str
+    seconds: float = 0.0
+    files_changed: int = 0
+    files: int = 0
+    dirs: int = 0
+    skipped_reason: str | None = None
+    mode: str | None = None  # the plugin's fs_group_mode: "walk", "mount_group" or None
+
+    def to_dict(self) -> dict:
+        return {"gid": self.gid, "policy": self.policy, "mode": self.mode, "seconds": round(self.seconds, 3),
+                "files_changed": self.files_changed, "files": self.files, "dirs": self.dirs,
+                "skipped_reason": self.skipped_reason}

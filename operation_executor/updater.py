@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Protocol
 
 from operation_executor.errors import OperationError
-from operation_executor.types import MarkDeviceOpts, MarkVolumeOpts
+from operation_executor.types import FsGroupResult, MarkDeviceOpts, MarkVolumeOpts
 
 
 class ActualStateUpdater(Protocol):
@@ -28,6 +28,10 @@ class ActualStateUpdater(Protocol):
 
     def mark_volume_size(self, volume_id: str, size_bytes: int) -> None:
         """The size the volume's filesystem was grown to (online expansion)."""
+        ...
+
+    def mark_fs_group(self, volume_id: str, pod_uid: str, result: FsGroupResult) -> None:
+        """What applying the pod's fsGroup did, after the pod's view was marked mounted."""
         ...
 
     def record_result(self, volume_id: str, pod_uid: str | None, operation: str, error: OperationError | None) -> None:

@@ -103,6 +103,9 @@ class NullMetrics:
     def set_volume_stats(self, pod: str, volume: str, stats: dict[str, int]) -> None:
         pass
 
+    def observe_fs_group(self, plugin: str, walked: bool, seconds: float) -> None:
+        pass
+
     def forget_volume_stats(self, pod: str, volume: str) -> None:
         pass
 
@@ -152,6 +155,20 @@ class Metrics(NullMetrics):
             "volumemanager_reconciler_pass_duration_seconds",
             "Duration of one reconciler pass",
             buckets=RECONCILE_BUCKETS,
+            registry=r,
+        )
+        # Walks only (a skipped walk is not observed): how long users wait for fsGroup.
+        self._fs_group_walk = prom.Histogram(
+            "volumemanager_fsgroup_walk_seconds",
+            "Duration of the fsGroup ownership walk of a volume after SetUp",
+            ["volume_plugin"],
+            buckets=OPERATION_BUCKETS,
+            registry=r,
+        )
+        self._fs_group_skipped = prom.Counter(
+            "volumemanager_fsgroup_walks_skipped",  # exposed as ..._total
+            "fsGroup applications without a walk (OnRootMismatch with a right root, read-only, delegated to the driver, not supported)",
+            ["volume_plugin"],
             registry=r,
         )
         self._stats = {
@@ -243,6 +260,12 @@ class Metrics(NullMetrics):
         for key, gauge in self._stats.items():
             if key in stats and stats[key] is not None:
                 gauge.labels(namespace=namespace, pod=name, volume=volume).set(stats[key])
+
+    def observe_fs_group(self, plugin: str, walked: bool, seconds: float) -> None:
+        if walked:
+            self._fs_group_walk.labels(volume_plugin=plugin).observe(max(0.0, seconds))
+        else:
+            self._fs_group_skipped.labels(volume_plugin=plugin).inc()
 
     def forget_volume_stats(self, pod: str, volume: str) -> None:
         namespace, name = _split_pod(pod)

@@ -69,7 +69,7 @@ class VolumeManager:
         self.flex = FlexProber(getattr(config, "volume_plugin_dir", DEFAULT_VOLUME_PLUGIN_DIR),
                                on_change=self._flex_drivers_changed)
         self._flex_resolving = False
-        self.plugins = build_plugins(self.host, self.drivers, flex_drivers=self.flex)
+        self.plugins = build_plugins(self.host, self.drivers, csi_fs_group_policy=self._csi_fs_group_policy, flex_drivers=self.flex)
         self.dsw = DesiredStateOfWorld()
         self.asw = ActualStateOfWorld()
         self.executor = OperationExecutor()
@@ -86,7 +86,7 @@ class VolumeManager:
         # Provisioned PVs (issue 14) join the desired state through this overlay.
         self.provisioned = ProvisionedVolumes(os.path.join(config.root_dir, "state"))
         source = ProvisionedOverlaySource(source, self.provisioned)
-        self.generator = OperationGenerator(self.plugins, self.asw, journal)
+        self.generator = OperationGenerator(self.plugins, self.asw, journal, on_fs_group=self._observe_fs_group)
         self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed,
                                                host_volumes=self._host_pod_volumes)
         self.host.set_secret_lookup(self.populator.get_secret)
@@ -126,6 +126,19 @@ class VolumeManager:
         self.interrupted_at_start: list[dict] = []
         self.on_tick: Callable[[], None] | None = None
         self.started_at = time.time()
+
+    # --- fsGroup: the CSI plugin's and the generator's narrow hooks ------------------------
+
+    def _csi_fs_group_policy(self, driver: str) -> str | None:
+        """The fsGroupPolicy of the driver's CSIDriver object in the desired state, if any."""
+        populator = getattr(self, "populator", None)
+        obj = populator.snapshot.csi_driver(driver) if populator is not None else None
+        return obj.fs_group_policy if obj is not None else None
+
+    def _observe_fs_group(self, plugin: str, result) -> None:
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.observe_fs_group(plugin, result.skipped_reason is None and result.mode == "walk", result.seconds)
 
     # --- lifecycle ------------------------------------------------------------------------
 

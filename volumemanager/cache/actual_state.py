@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 
 from operation_executor.errors import OperationError
 from operation_executor.states import DeviceMountState, VolumeMountState
-from operation_executor.types import AttachedVolume, MarkDeviceOpts, MarkVolumeOpts, MountedVolume, PodRef, VolumeSpec
+from operation_executor.types import AttachedVolume, FsGroupResult, MarkDeviceOpts, MarkVolumeOpts, MountedVolume, PodRef, VolumeSpec
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,7 @@ class _Pod:
     spec: VolumeSpec
     mount_path: str
     state: VolumeMountState
+    fs_group: FsGroupResult | None = None  # set after the mount operation applied the fsGroup
 
 
 @dataclass
@@ -118,7 +119,9 @@ class ActualStateOfWorld:
     def _set_pod(self, o: MarkVolumeOpts, state: VolumeMountState) -> None:
         with self._lock:
             v = self._volume(o.volume_id, o.spec, o.plugin_name, o.device_mountable)
-            v.pods[o.pod.uid] = _Pod(o.pod, o.outer_name, o.spec, o.mount_path, state)
+            old = v.pods.get(o.pod.uid)
+            v.pods[o.pod.uid] = _Pod(o.pod, o.outer_name, o.spec, o.mount_path, state,
+                                     old.fs_group if old is not None else None)
             self._touch(o.volume_id)
 
     def mark_volume_unmounted(self, volume_id: str, pod_uid: str) -> None:
@@ -129,6 +132,21 @@ class ActualStateOfWorld:
             v.pods.pop(pod_uid, None)
             self._maybe_drop(volume_id)
             self._touch(volume_id)
+
+    def mark_fs_group(self, volume_id: str, pod_uid: str, result: FsGroupResult) -> None:
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            p = v.pods.get(pod_uid) if v is not None else None
+            if p is not None:
+                p.fs_group = result
+                self._touch(volume_id)
+
+    def fs_group(self, volume_id: str, pod_uid: str) -> FsGroupResult | None:
+        """The fsGroup result of the last set-up of (volume, pod); None when none was applied."""
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            p = v.pods.get(pod_uid) if v is not None else None
+            return p.fs_group if p is not None else None
 
     def mark_volume_size(self, volume_id: str, size_bytes: int) -> None:
         with self._lock:
@@ -228,6 +246,14 @@ class ActualStateOfWorld:
             v = self._volumes.get(volume_id)
             p = v.pods.get(pod_uid) if v else None
             return p.state if p else VolumeMountState.NOT_MOUNTED
+
+    def content_generation(self, volume_id: str, pod_uid: str) -> str | None:
+        """The content token the pod's view was last set up with (``VolumeSpec.content_generation``);
+        None when unknown (not mounted, reconstructed from disk, or content not ours)."""
+        with self._lock:
+            v = self._volumes.get(volume_id)
+            p = v.pods.get(pod_uid) if v else None
+            return p.spec.content_generation if p else None
 
     def device_state(self, volume_id: str) -> DeviceMountState:
         with self._lock:

@@ -7,7 +7,7 @@ line in :func:`build_plugins`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 from operation_executor.plugin import PluginHost, PluginRegistry
 
@@ -17,9 +17,11 @@ if TYPE_CHECKING:
 
 
 def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = None,
+                  csi_fs_group_policy: Callable[[str], str | None] | None = None,
                   flex_drivers: FlexDriverLookup | None = None) -> PluginRegistry:
-    """Every built-in plugin. CSI needs the driver registry (a fresh empty one when None);
-    the others only the host. Imported here, not at the top, so that importing one plugin
+    """Every built-in plugin. CSI needs the driver registry (a fresh empty one when None)
+    and, to honour CSIDriver objects, ``csi_fs_group_policy`` (driver name -> its CSIDriver's
+    fsGroupPolicy or None); the others only the host. Imported here, not at the top, so that importing one plugin
     module does not load them all."""
     from volumemanager.plugins.csi import CSIPlugin
     from volumemanager.plugins.empty_dir import EmptyDirPlugin
@@ -37,6 +39,6 @@ def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = Non
     reg.register(HostPathPlugin(host))
     reg.register(LocalPlugin(host))
     reg.register(NFSPlugin(host))
-    reg.register(CSIPlugin(host, driver_registry))
+    reg.register(CSIPlugin(host, driver_registry, fs_group_policy=csi_fs_group_policy))
     reg.register(FlexVolumePlugin(host, flex_drivers))  # flex_drivers: the FlexVolume prober
     return reg

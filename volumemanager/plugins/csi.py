@@ -23,10 +23,10 @@ import hashlib
 import json
 import logging
 import os
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from operation_executor.errors import FinalError, OperationError, UncertainError, WaitingError
-from operation_executor.plugin import PluginHost, StagedDevice, VolumePlugin
+from operation_executor.plugin import FS_GROUP_MOUNT_GROUP, FS_GROUP_WALK, PluginHost, StagedDevice, VolumePlugin
 from operation_executor.types import BLOCK, PodRef, SecretRef, VolumeSpec
 from volumemanager.csi.registry import DriverInfo, DriverRegistry
 from volumemanager.manifests.models import CSISource
@@ -46,6 +46,14 @@ CAP_STAGE = "STAGE_UNSTAGE_VOLUME"
 CAP_EXPAND = "EXPAND_VOLUME"
 CAP_STATS = "GET_VOLUME_STATS"
 CAP_SNMW = "SINGLE_NODE_MULTI_WRITER"
+CAP_MOUNT_GROUP = "VOLUME_MOUNT_GROUP"
+
+# CSIDriver.spec.fsGroupPolicy values; without a CSIDriver object the kubelet's default.
+FS_GROUP_POLICY_NONE = "None"
+FS_GROUP_POLICY_FILE = "File"
+FS_GROUP_POLICY_RWO_FSTYPE = "ReadWriteOnceWithFSType"
+DEFAULT_FS_GROUP_POLICY = FS_GROUP_POLICY_RWO_FSTYPE
+_RWO_MODES = ("ReadWriteOnce", "ReadWriteOncePod")
 
 # How operations are called in CSI terms, for people who know their driver's log.
 CSI_CALL_NAMES = {
@@ -160,9 +168,13 @@ class CSIPlugin(VolumePlugin):
 
     name = PLUGIN_NAME
 
-    def __init__(self, host: PluginHost, registry: DriverRegistry) -> None:
+    def __init__(self, host: PluginHost, registry: DriverRegistry,
+                 fs_group_policy: Callable[[str], str | None] | None = None) -> None:
         super().__init__(host)
         self.registry = registry
+        # driver name -> its CSIDriver object's fsGroupPolicy, None when there is no such
+        # object (the desired state's snapshot; the kubelet reads the API server's).
+        self._fs_group_policy_of = fs_group_policy
 
     # --- helpers --------------------------------------------------------------------------
 
@@ -222,12 +234,49 @@ class CSIPlugin(VolumePlugin):
         from volumemanager.csi.client import access_mode, volume_capability
 
         src = self._source(spec)
+        mount_group = ""
+        if spec.fs_group is not None and info.has(CAP_MOUNT_GROUP):
+            mount_group = str(int(spec.fs_group))  # the spec: a decimal group id on Linux
         return volume_capability(
             block=spec.volume_mode == BLOCK,
             access=access_mode(spec.access_modes, info.has(CAP_SNMW)),
             fs_type=src.fs_type or "",
             mount_flags=spec.mount_options,
+            volume_mount_group=mount_group,
         )
+
+    # --- fsGroup (the kubelet's csi_mounter supportsFSGroup and csi_attacher) -------------
+
+    def fs_group_policy(self, driver: str) -> str:
+        """The driver's CSIDriver fsGroupPolicy; ReadWriteOnceWithFSType without one."""
+        policy = self._fs_group_policy_of(driver) if self._fs_group_policy_of is not None else None
+        return policy or DEFAULT_FS_GROUP_POLICY
+
+    def _fs_group_walk_refusal(self, spec: VolumeSpec) -> str | None:
+        """Why the kubelet would not walk this volume (None: it would)."""
+        src = self._source(spec)
+        policy = self.fs_group_policy(src.driver)
+        if policy == FS_GROUP_POLICY_NONE:
+            return f"CSIDriver {src.driver} has fsGroupPolicy None"
+        if policy == FS_GROUP_POLICY_FILE:
+            return None
+        if not src.fs_type:
+            return f"fsGroupPolicy {policy}: the volume has no fsType"
+        if not src.volume_handle or not any(m in _RWO_MODES for m in spec.access_modes):
+            return f"fsGroupPolicy {policy}: the volume is not ReadWriteOnce"
+        return None
+
+    def fs_group_mode(self, spec: VolumeSpec) -> str | None:
+        """A driver with the VOLUME_MOUNT_GROUP node capability gets the group in
+        ``volume_mount_group`` and applies it itself; like the kubelet this does not depend
+        on fsGroupPolicy. Otherwise the policy says whether the tree is walked."""
+        info = self.registry.get(self._source(spec).driver)
+        if info is not None and info.has(CAP_MOUNT_GROUP):
+            return FS_GROUP_MOUNT_GROUP
+        return FS_GROUP_WALK if self._fs_group_walk_refusal(spec) is None else None
+
+    def fs_group_skip_reason(self, spec: VolumeSpec) -> str:
+        return self._fs_group_walk_refusal(spec) or super().fs_group_skip_reason(spec)
 
     def _read_only(self, spec: VolumeSpec) -> bool:
         return bool(spec.read_only or getattr(spec.source, "read_only", False))

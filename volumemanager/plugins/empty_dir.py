@@ -14,7 +14,7 @@ from mount_utils.mounter import MountError
 from mount_utils.paths import safe_makedirs
 from operation_executor.errors import FinalError, UncertainError
 from operation_executor.executor import QUICK_LANE
-from operation_executor.plugin import VolumePlugin
+from operation_executor.plugin import FS_GROUP_WALK, VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
 from volumemanager.manifests.models import EmptyDirSource
 from volumemanager.plugins.fsutil import TreeRemovalRefused, busy_message, remove_tree_one_filesystem, teardown_error
@@ -35,6 +35,9 @@ class EmptyDirPlugin(VolumePlugin):
 
     def can_support(self, source: object) -> bool:
         return isinstance(source, EmptyDirSource)
+
+    def fs_group_mode(self, spec: VolumeSpec) -> str | None:
+        return FS_GROUP_WALK  # the kubelet gives every emptyDir the pod's fsGroup
 
     def pod_dir_is_mount_point(self, spec: VolumeSpec) -> bool:
         """On the node's disk an emptyDir is a plain directory; only Memory is a tmpfs mount."""

@@ -46,6 +46,10 @@ class HostPathPlugin(VolumePlugin):
     def can_support(self, source: object) -> bool:
         return isinstance(source, HostPathSource)
 
+    def fs_group_skip_reason(self, spec: VolumeSpec) -> str:
+        # fs_group_mode stays None: the host's files are the host's, never chowned for a pod.
+        return "hostPath volumes never take an fsGroup"
+
     def mount_path(self, spec: VolumeSpec, pod: PodRef, outer_name: str) -> str:
         return self.host.pod_volume_dir(pod.uid, self.name, outer_name)
 

@@ -35,7 +35,7 @@ from mount_utils.format import (
 from mount_utils.options import validate_mount_options
 from mount_utils.paths import PathSafetyError, safe_create_file, safe_makedirs
 from operation_executor.errors import FinalError, TransientError, UncertainError, WaitingError
-from operation_executor.plugin import StagedDevice, VolumePlugin
+from operation_executor.plugin import FS_GROUP_WALK, StagedDevice, VolumePlugin
 from operation_executor.types import BLOCK, PodRef, VolumeSpec
 from volumemanager.bounded_io import stats_from_statvfs
 from volumemanager.manifests.models import LocalSource
@@ -86,6 +86,9 @@ class LocalPlugin(VolumePlugin):
 
     def can_support(self, source: object) -> bool:
         return isinstance(source, LocalSource)
+
+    def fs_group_mode(self, spec: VolumeSpec) -> str | None:
+        return FS_GROUP_WALK  # the kubelet's local volumes take the pod's fsGroup (not read-only ones)
 
     def find_staged_devices(self) -> Iterable[StagedDevice]:
         """Every ``<plugin dir>/mounts/<pv>``: the global mounts of device PVs."""

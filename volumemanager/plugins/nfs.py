@@ -31,7 +31,7 @@ from mount_utils.cleanup import cleanup_mount_point
 from mount_utils.options import validate_mount_options
 from mount_utils.paths import PathSafetyError, safe_makedirs
 from operation_executor.errors import FinalError, UncertainError
-from operation_executor.plugin import VolumePlugin
+from operation_executor.plugin import FS_GROUP_WALK, VolumePlugin
 from operation_executor.types import PodRef, VolumeSpec
 from volumemanager.manifests.models import NFSSource
 from volumemanager.bounded_io import BoundedIOTimeout, bounded_statvfs, run_bounded, stats_from_statvfs
@@ -113,8 +113,14 @@ class NFSPlugin(VolumePlugin):
     name = PLUGIN_NAME
     durable_intents = False  # its only effect is a mount: see VolumePlugin.durable_intents
 
+    # Every syscall of the fsGroup walk is a round trip to the server: threads overlap them.
+    fs_group_walk_workers = 8
+
     def can_support(self, source: object) -> bool:
         return isinstance(source, NFSSource)
+
+    def fs_group_mode(self, spec: VolumeSpec) -> str | None:
+        return FS_GROUP_WALK  # the kubelet walks NFS volumes too (not read-only ones)
 
     def __init__(
         self,
