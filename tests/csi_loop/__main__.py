@@ -68,6 +68,11 @@ def main(argv: list[str] | None = None) -> int:
         help="advertise PUBLISH_UNPUBLISH_VOLUME: ControllerPublishVolume attaches the loop device "
         "and NodeStageVolume refuses a volume not published to this node",
     )
+    p.add_argument(
+        "--volume-mount-group", action="store_true",
+        help="advertise VOLUME_MOUNT_GROUP: the volume_mount_group of NodeStage/NodePublish becomes the group "
+             "(with setgid) of the volume's root",
+    )
     p.add_argument("--topology-key", help="the node's topology segment key (default with --controller: topology.<driver-name>/node)")
     p.add_argument("--topology-value", help="its value (default: the node id)")
     args = p.parse_args(argv)
@@ -89,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         registration_type=args.registration_type,
         supported_versions=tuple(v for v in args.supported_versions.split(",") if v),
         controller=args.controller, attach_required=args.attach_required, topology=topology,
+        volume_mount_group=args.volume_mount_group,
     )
     controller = None
     if args.controller:

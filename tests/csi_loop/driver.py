@@ -191,6 +191,7 @@ class LoopDriver:
         self, name: str, state_dir: str, node_id: str, stage: bool, endpoint_path: str,
         registration_type: str = "CSIPlugin", supported_versions: tuple[str, ...] = ("1.0.0",),
         controller: bool = False, attach_required: bool = False, topology: dict[str, str] | None = None,
+        volume_mount_group: bool = False,
     ) -> None:
         self.name = name
         self.registration_type = registration_type
@@ -204,6 +205,9 @@ class LoopDriver:
         self.controller = controller
         self.attach_required = attach_required
         self.topology = dict(topology or {})
+        # VOLUME_MOUNT_GROUP: ext4 has no gid= mount option, so the group is given to the
+        # root of the mounted filesystem (with setgid, so new files inherit it).
+        self.volume_mount_group = volume_mount_group
         self.state = State(state_dir)
         self.faults = Faults(state_dir)
         self.log = CallLog(state_dir)
@@ -215,7 +219,20 @@ class LoopDriver:
         caps = [rpc.EXPAND_VOLUME, rpc.GET_VOLUME_STATS]
         if self.stage:
             caps.insert(0, rpc.STAGE_UNSTAGE_VOLUME)
+        if self.volume_mount_group:
+            caps.append(rpc.VOLUME_MOUNT_GROUP)
         return caps
+
+    def _apply_mount_group(self, cap: csi_pb2.VolumeCapability, path: str) -> None:
+        group = cap.mount.volume_mount_group if cap.HasField("mount") else ""
+        if not group:
+            return
+        if not self.volume_mount_group:
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, "volume_mount_group given but VOLUME_MOUNT_GROUP is not advertised")
+        if not group.isdigit():
+            raise Abort(grpc.StatusCode.INVALID_ARGUMENT, f"volume_mount_group {group!r} is not a decimal group id")
+        os.chown(path, -1, int(group))
+        os.chmod(path, stat.S_IMODE(os.stat(path).st_mode) | stat.S_ISGID | 0o070)
 
     @staticmethod
     def _check_id(volume_id: str) -> None:
@@ -376,6 +393,7 @@ class LoopDriver:
                 elif mounted != dev_of(loop):
                     raise Abort(grpc.StatusCode.ALREADY_EXISTS, f"{req.staging_target_path} has another volume mounted")
                 vol["fs_type"] = fs_type
+                self._apply_mount_group(req.volume_capability, req.staging_target_path)
             vol["staged"] = req.staging_target_path
             self.state.save()
         return csi_pb2.NodeStageVolumeResponse()
@@ -450,6 +468,8 @@ class LoopDriver:
                         flags.append("ro")
                     run(["mount", "-t", fs_type] + (["-o", ",".join(flags)] if flags else []) + [loop, req.target_path])
                     vol["fs_type"] = fs_type
+                if not req.readonly:
+                    self._apply_mount_group(req.volume_capability, req.target_path)
             if req.readonly and (block or not direct):
                 run(["mount", "-o", "remount,bind,ro", req.target_path])
             vol["published"][req.target_path] = "block" if block else "mount"
@@ -558,6 +578,8 @@ def _describe(request: Any) -> dict[str, Any]:
         out["secret_keys"] = len(request.secrets)
     if "volume_capability" in request.DESCRIPTOR.fields_by_name and request.HasField("volume_capability"):
         out["access_type"] = request.volume_capability.WhichOneof("access_type")
+        if request.volume_capability.mount.volume_mount_group:
+            out["volume_mount_group"] = request.volume_capability.mount.volume_mount_group
     if isinstance(request, api_pb2.RegistrationStatus):
         out["plugin_registered"] = request.plugin_registered
         if request.error:
