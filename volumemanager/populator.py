@@ -194,8 +194,6 @@ def resolve_pod(
                     spec=spec,
                     plugin_name=spec.plugin_name,
                     device_mountable=plugin.is_device_mountable(spec),
-                    fs_group=pod.fs_group,
-                    fs_group_change_policy=pod.fs_group_change_policy,
                 )
             )
         except Unresolvable as e:
@@ -262,6 +260,12 @@ class DesiredStatePopulator:
         # or a PV still held by another claim): re-resolved on every sync and recheck.
         self._recheck: set[str] = set()
         self._refused: dict[str, str] = {}  # uid -> the pod key still using it (logged once)
+        # Called (outside the lock) when the source is read whole again after a failed read:
+        # the unmount gate opens, so volumes kept meanwhile (found on disk at start, or of
+        # pods the DSW never had) must be looked at now, not at the next full pass. Their
+        # teardown changes no desired volume, so ``on_volumes_changed`` would not say so.
+        self.on_source_recovered: list[Callable[[], None]] = []
+        self._last_healthy: bool | None = None
 
     def start(self) -> None:
         self.source.start(self.sync)
@@ -293,13 +297,23 @@ class DesiredStatePopulator:
     def sync(self, force: bool = False, recheck: bool = False) -> set[str]:
         """Bring the DSW up to the source's snapshot. ``recheck``: the actual state changed
         (an unmount finished), so the pods held back by it are looked at again."""
+        changed, recovered = self._sync(force, recheck)
+        if recovered:
+            self._source_recovered()
+        return changed
+
+    def _sync(self, force: bool, recheck: bool) -> tuple[set[str], bool]:
+        """``sync``'s work: (the changed volume ids, whether the source was just read whole
+        again after a failed read)."""
         with self._lock:
             healthy = source_health(self.source).ok  # before the snapshot: it then covers the read
+            recovered = healthy and self._last_healthy is False
+            self._last_healthy = healthy
             snap = self.source.snapshot()
             if not force and not recheck and snap.generation == self._generation:
                 if healthy:
                     self._populated = True
-                return set()
+                return set(), recovered
             changed: set[str] = set()
             gone = self._dsw.pod_uids() - set(snap.pods)
             if gone:
@@ -356,7 +370,14 @@ class DesiredStatePopulator:
                 self._populated = True
         if changed:
             self._on_volumes_changed(changed)
-        return changed
+        return changed, recovered
+
+    def _source_recovered(self) -> None:
+        for hook in list(self.on_source_recovered):
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - a hook's bug must not stop the desired state
+                log.exception("source-recovered hook failed")
 
     def _read_host(self) -> list[HostPodVolume]:
         if self._host_volumes is None:
