@@ -194,6 +194,8 @@ def resolve_pod(
                     spec=spec,
                     plugin_name=spec.plugin_name,
                     device_mountable=plugin.is_device_mountable(spec),
+                    fs_group=pod.fs_group,
+                    fs_group_change_policy=pod.fs_group_change_policy,
                 )
             )
         except Unresolvable as e:

@@ -62,7 +62,14 @@ class VolumeManager:
         self.host = DaemonPluginHost(config.root_dir, config.node_name, self.mounter)
         self.drivers = DriverRegistry(client_factory=_csi_client_factory(float(config.csi_timeout)))
         self._setup_controller_clients(config, metrics)
-        self.plugins = build_plugins(self.host, self.drivers)
+        from volumemanager.plugins.flexvolume_driver import DEFAULT_PLUGIN_DIR as DEFAULT_VOLUME_PLUGIN_DIR
+        from volumemanager.plugins.flexvolume_driver import FlexProber
+
+        # FlexVolume drivers, probed in --volume-plugin-dir without restarts (started with the CSI drivers).
+        self.flex = FlexProber(getattr(config, "volume_plugin_dir", DEFAULT_VOLUME_PLUGIN_DIR),
+                               on_change=self._flex_drivers_changed)
+        self._flex_resolving = False
+        self.plugins = build_plugins(self.host, self.drivers, csi_fs_group_policy=self._csi_fs_group_policy, flex_drivers=self.flex)
         self.dsw = DesiredStateOfWorld()
         self.asw = ActualStateOfWorld()
         self.executor = OperationExecutor()
@@ -79,7 +86,7 @@ class VolumeManager:
         # Provisioned PVs (issue 14) join the desired state through this overlay.
         self.provisioned = ProvisionedVolumes(os.path.join(config.root_dir, "state"))
         source = ProvisionedOverlaySource(source, self.provisioned)
-        self.generator = OperationGenerator(self.plugins, self.asw, journal)
+        self.generator = OperationGenerator(self.plugins, self.asw, journal, on_fs_group=self._observe_fs_group)
         self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed,
                                                host_volumes=self._host_pod_volumes)
         self.populator.on_source_recovered.append(self._source_recovered)
@@ -120,6 +127,19 @@ class VolumeManager:
         self.interrupted_at_start: list[dict] = []
         self.on_tick: Callable[[], None] | None = None
         self.started_at = time.time()
+
+    # --- fsGroup: the CSI plugin's and the generator's narrow hooks ------------------------
+
+    def _csi_fs_group_policy(self, driver: str) -> str | None:
+        """The fsGroupPolicy of the driver's CSIDriver object in the desired state, if any."""
+        populator = getattr(self, "populator", None)
+        obj = populator.snapshot.csi_driver(driver) if populator is not None else None
+        return obj.fs_group_policy if obj is not None else None
+
+    def _observe_fs_group(self, plugin: str, result) -> None:
+        metrics = getattr(self, "metrics", None)
+        if metrics is not None:
+            metrics.observe_fs_group(plugin, result.skipped_reason is None and result.mode == "walk", result.seconds)
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -182,6 +202,18 @@ class VolumeManager:
             if isinstance(src, CSISource) and src.volume_handle:
                 handles.add((src.driver, src.volume_handle))
         return frozenset(names), frozenset(handles)
+
+    def _source_recovered(self) -> None:
+        """The desired state was read whole again after a failed read: what was kept meanwhile
+        and is not desired is torn down now (say how much), not at the next full pass."""
+        if self._reconstructed:
+            kept = [mv for mv in self.asw.mounted_volumes()
+                    if not self.dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid)]
+            if kept:
+                log.info("desired state read whole again: %d volumes of %d pods on the node are not desired; "
+                         "tearing them down", len(kept), len({mv.pod.uid for mv in kept}),
+                         extra={"volumes": len(kept), "pods": len({mv.pod.uid for mv in kept})})
+        self.reconciler.mark_all_dirty()
 
     def _source_recovered(self) -> None:
         """The desired state was read whole again after a failed read: what was kept meanwhile
@@ -286,6 +318,7 @@ class VolumeManager:
         self._load_pod_owners()
         self.provisioned.load()
         self.populator.start()
+        self._flex_resolving = True
         self.reconstruct()
         if self.populator.needs_recheck:
             # Pods held back by the owner record: from now on the actual state decides.
@@ -322,6 +355,14 @@ class VolumeManager:
         finally:
             self._reconstructed = True
 
+    def _flex_drivers_changed(self, names: set[str]) -> None:
+        """A FlexVolume driver came, went or changed: resolve the pods again (whether a volume
+        is attachable, hence its id, is the driver's answer), and wake the volumes that wait
+        for a driver. Before the first read of the desired state there is nothing to redo."""
+        if self._flex_resolving:
+            self.populator.sync(force=True)
+            self.reconciler.wake_waiting()
+
     def _start_drivers(self) -> None:
         from volumemanager.csi.registration import PluginRegistrationWatcher, parse_static_driver
 
@@ -332,6 +373,9 @@ class VolumeManager:
         if self._watch_plugins:
             self._registration = PluginRegistrationWatcher(self.config.registry_dir, self.drivers)
             self._registration.start()
+            self.flex.start()  # probes once now: drivers present are known before reconstruction
+        else:
+            self.flex.probe()
 
     def _register_static(self, name: str, endpoint: str) -> None:
         from volumemanager.csi import registration
@@ -360,7 +404,7 @@ class VolumeManager:
         self.controller.stop()
         if self._thread is not None:
             self._thread.join(timeout=10)
-        for thing in (self._device_source, self._registration, self._mount_watcher):
+        for thing in (self._device_source, self._registration, self._mount_watcher, self.flex):
             if thing is not None:
                 try:
                     thing.stop()
