@@ -58,7 +58,7 @@ def add_subcommands(cmd) -> None:
     d.add_argument("--json", action="store_true", help="no live view: print the final progress as JSON")
     u = cmd("uncordon", "resume service after a drain: mount again what the manifests ask for")
     u.epilog = UNCORDON_EPILOG
-    u.add_argument("--json", action="store_true")
+    u.add_argument("--json", action="store_true", help="print the daemon's answer as JSON")
 
 
 # --- talking to the daemon --------------------------------------------------------------
@@ -77,11 +77,11 @@ def _call(args, method: str, **params):
     try:
         return call(path, method, params, timeout=30.0)
     except PermissionDenied as e:
-        raise _Failed(EXIT_PERMISSION, f"volumemanager: {e}") from None
+        raise _Failed(EXIT_PERMISSION, f"volumemanager {args.command}: {e}") from None
     except (DaemonUnavailable, OSError) as e:
-        raise _Failed(EXIT_NO_DAEMON, f"volumemanager: {e}; {args.command} needs the running daemon") from None
+        raise _Failed(EXIT_NO_DAEMON, f"volumemanager {args.command}: {e}; {args.command} needs the running daemon") from None
     except AdminError as e:
-        raise _Failed(EXIT_DAEMON_ERROR, f"volumemanager: the daemon refused {method}: {e}") from None
+        raise _Failed(EXIT_DAEMON_ERROR, f"volumemanager {args.command}: the daemon refused {method}: {e}") from None
 
 
 # --- describing what is left ------------------------------------------------------------

@@ -1,0 +1,36 @@
+"""Every command as a newcomer meets it: each flag of each command says what it does in
+``--help``, and ``drain``/``uncordon`` fail like the other client commands (one line naming
+the command, the shared exit codes) when no daemon answers."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+from volumemanager import cli
+from volumemanager import exit_codes as ec
+
+
+def _subparsers() -> dict[str, argparse.ArgumentParser]:
+    parser = cli.build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return dict(sub.choices)
+
+
+def test_every_flag_of_every_command_has_a_help_text():
+    missing = [f"{name} {'/'.join(a.option_strings)}"
+               for name, p in _subparsers().items() for a in p._actions
+               if a.option_strings and not isinstance(a, argparse._HelpAction) and not (a.help or "").strip()]
+    assert not missing, f"flags without a help text: {missing}"
+
+
+def test_drain_and_uncordon_without_a_daemon_name_the_command_and_exit_3(tmp_path):
+    common = ["--root-dir", str(tmp_path / "root"), "--socket", str(tmp_path / "none.sock")]
+    for args in (["drain"], ["drain", "--dry-run"], ["uncordon"]):
+        r = subprocess.run([sys.executable, "-m", "volumemanager", *args, *common], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == ec.NO_DAEMON, (args, r.stdout, r.stderr)
+        assert r.stderr.startswith(f"volumemanager {args[0]}: no daemon answers"), r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stdout == "" and not (tmp_path / "root").exists()
