@@ -8,6 +8,10 @@ rewrites its ExecStart and writes `/etc/systemd/system/volumemanager.service`.
 
 It also writes the example config to `/etc/volumemanager/config.yaml` when no
 config exists yet; an existing config is never touched.
+
+On a node of an existing cluster, `--kubeconfig PATH` adds `--kubeconfig PATH` to
+the daemon's ExecStart (the API-server source and the reporter use it), so the
+unit says which cluster the node serves where an operator looks first.
 """
 
 from __future__ import annotations
@@ -85,15 +89,31 @@ def _systemd_quote(path: str) -> str:
     return '"' + path.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def render_unit(executable: str, unit_text: str | None = None) -> str:
-    """The packaged unit with every use of the placeholder path replaced."""
+def render_unit(executable: str, unit_text: str | None = None, kubeconfig: str | None = None) -> str:
+    """The packaged unit with every use of the placeholder path replaced, and with
+    ``--kubeconfig PATH`` on the daemon's ExecStart when ``kubeconfig`` is given."""
     if not os.path.isabs(executable):
         raise InstallUnitError(f"executable {executable!r} must be an absolute path (systemd requires it)")
+    if kubeconfig is not None and not os.path.isabs(kubeconfig):
+        raise InstallUnitError(f"--kubeconfig {kubeconfig!r} must be an absolute path (the service runs in /)")
     text = packaged_unit() if unit_text is None else unit_text
     if not _PLACEHOLDER_RE.search(text):
         raise InstallUnitError(f"packaged unit has no {PLACEHOLDER_EXECUTABLE} to replace")
     quoted = _systemd_quote(executable)
-    return _PLACEHOLDER_RE.sub(lambda _m: quoted, text)
+    text = _PLACEHOLDER_RE.sub(lambda _m: quoted, text)
+    if kubeconfig is not None:
+        text = _add_to_daemon_execstart(text, f"--kubeconfig {_systemd_quote(kubeconfig)}")
+    return text
+
+
+def _add_to_daemon_execstart(text: str, extra: str) -> str:
+    """Append ``extra`` to the ``ExecStart=... daemon ...`` line (exactly one)."""
+    lines = text.split("\n")
+    hits = [i for i, line in enumerate(lines) if line.startswith("ExecStart=") and " daemon" in line]
+    if len(hits) != 1:
+        raise InstallUnitError("packaged unit has no single 'ExecStart=... daemon' line to add flags to")
+    lines[hits[0]] = f"{lines[hits[0]].rstrip()} {extra}"
+    return "\n".join(lines)
 
 
 def _write_atomic(path: str, text: str, mode: int) -> None:
@@ -120,16 +140,18 @@ def install_unit(
     dry_run: bool = False,
     executable: str | None = None,
     out: IO[str] | None = None,
+    kubeconfig: str | None = None,
 ) -> str:
     """Install the unit under `root` and return its text.
 
     Writes `<root>/etc/systemd/system/volumemanager.service` (replacing an
     older one) and, when absent, `<root>/etc/volumemanager/config.yaml`.
     `dry_run` prints what would be written to `out` (stdout) and writes
-    nothing.
+    nothing. ``kubeconfig``: an absolute path put on the daemon's command line
+    (``--kubeconfig``); it need not exist yet (it is read when the daemon starts).
     """
     exe = executable or find_executable()
-    text = render_unit(exe)
+    text = render_unit(exe, kubeconfig=kubeconfig)
     unit_path = os.path.join(root, UNIT_DIR, UNIT_NAME)
     config_dir = os.path.join(root, CONFIG_DIR)
     config_path = os.path.join(config_dir, CONFIG_NAME)
@@ -170,15 +192,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="print the unit that would be written and write nothing")
     parser.add_argument("--executable", default=None, metavar="PATH",
                         help="volumemanager executable for ExecStart (default: this installation's)")
+    parser.add_argument("--kubeconfig", default=None, metavar="PATH",
+                        help="absolute path of a kubeconfig: the unit runs 'daemon --kubeconfig PATH' "
+                             "(take pods from that API server and report to it)")
 
 
 def run(args: argparse.Namespace) -> int:
     """Run `install-unit` from parsed arguments; 0 on success, 1 on error."""
     try:
-        install_unit(root=args.root, dry_run=args.dry_run, executable=args.executable)
+        install_unit(root=args.root, dry_run=args.dry_run, executable=args.executable,
+                     kubeconfig=getattr(args, "kubeconfig", None))
     except InstallUnitError as exc:
         print(f"volumemanager install-unit: {exc}", file=sys.stderr)
         return 1
+    kubeconfig = getattr(args, "kubeconfig", None)
+    if kubeconfig is not None and not os.path.exists(os.path.join(args.root, kubeconfig.lstrip("/"))):
+        print(f"note: {kubeconfig} does not exist yet; the daemon reads it when it starts", file=sys.stderr)
     if not args.dry_run:
         unit_path = os.path.join(args.root, UNIT_DIR, UNIT_NAME)
         print(f"wrote {unit_path}")
