@@ -13,6 +13,7 @@ import stat
 
 SYS_DEV_BLOCK = "/sys/dev/block"
 SECTOR_SIZE = 512  # sysfs "size" is always in 512-byte sectors, whatever the logical block size
+LOOP_MAJOR = 7
 
 
 class NotABlockDeviceError(ValueError):
@@ -76,6 +77,47 @@ def block_device_ready(path: str) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def device_not_ready_reason(path: str) -> str | None:
+    """Why `path` is not a usable block device now, in a few words naming the errno where an
+    open or stat failed (so an operator can tell "not attached yet" from "no such driver");
+    None when `block_device_ready` would say it is ready. Opens nothing that is ready, and only
+    read-only, non-blocking and without O_EXCL otherwise. Never raises."""
+    import errno as _errno
+
+    def named(err: OSError) -> str:
+        code = _errno.errorcode.get(err.errno or 0, str(err.errno))
+        return f"{code} ({os.strerror(err.errno)})" if err.errno else str(err)
+
+    try:
+        major, minor = major_minor(path)
+    except NotABlockDeviceError:
+        return "it is not a block device"
+    except OSError as err:
+        return "it does not exist" if err.errno == _errno.ENOENT else f"stat fails with {named(err)}"
+    if not os.path.exists(_sysfs_dir(major, minor)):
+        # No kernel device behind the node's number (a driver not loaded, a disk gone, a
+        # mknod'd number): the open names it. Not for the loop major: opening a missing loop
+        # minor makes the kernel create that loop device.
+        if major == LOOP_MAJOR:
+            return f"no loop device is registered at {major}:{minor} in {SYS_DEV_BLOCK}"
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except OSError as err:
+            return f"no device is registered at {major}:{minor}: open fails with {named(err)}"
+        os.close(fd)
+        return f"no device is registered at {major}:{minor} in {SYS_DEV_BLOCK}"
+    try:
+        if device_size_bytes(path) <= 0:
+            return f"its size is 0 ({major}:{minor}: nothing attached yet?)"
+    except OSError as err:
+        return f"its size cannot be read: {named(err)}"
+    except ValueError:
+        return "its size cannot be read"
+    if not block_device_ready(path):
+        return "it is a loop device with no backing file"
+    return None
 
 
 def resolve_device(path: str) -> str:

@@ -193,7 +193,10 @@ def explain_row(row: VolumeRow, drivers: set[str] | None = None) -> list[str]:
                 f"no --csi-driver {name}=...){_ago(row.error_since)}"
             )
         else:
-            lines.append(f"waiting for {wf}{_ago(row.error_since)}")
+            # A wait whose message says why (``waiting for device X: open fails with ENXIO``).
+            detail = (row.last_error or "").removeprefix(f"{row.error_code}: ") if row.error_code else ""
+            said = detail if detail.startswith(f"waiting for {wf}: ") else f"waiting for {wf}"
+            lines.append(f"{said}{_ago(row.error_since)}")
     elif row.last_error is not None:
         lines.append(f"last error from {row.error_operation}: {row.last_error}{_ago(row.error_since)}")
     lines.extend(holder_lines(row.holders))

@@ -24,7 +24,13 @@ from typing import Iterable, Mapping
 
 from mount_utils.blank import DeviceCheckError, DeviceInUseError, DeviceOpenError
 from mount_utils.cleanup import cleanup_mount_point
-from mount_utils.device import block_device_ready, device_size_bytes, major_minor, resolve_device
+from mount_utils.device import (
+    block_device_ready,
+    device_not_ready_reason,
+    device_size_bytes,
+    major_minor,
+    resolve_device,
+)
 from mount_utils.format import (
     FilesystemMismatchError,
     FormatError,
@@ -127,17 +133,24 @@ class LocalPlugin(VolumePlugin):
 
     # --- device layer ---------------------------------------------------------------------
 
+    @staticmethod
+    def _not_ready(path: str) -> WaitingError:
+        """The wait for a device, saying why it is not usable yet (it does not exist, size 0,
+        no device registered at its number: open fails with ENXIO ...), so that a node that
+        will never work is told from one that is not attached yet. Never "blank"."""
+        why = device_not_ready_reason(path)
+        return WaitingError(f"waiting for device {path}" + (f": {why}" if why else ""),
+                            waiting_for=f"device {path}", code="DEVICE_NOT_READY")
+
     def _ready_device(self, spec: VolumeSpec) -> str:
         path = spec.source.path
         if not block_device_ready(path):
-            raise WaitingError(f"waiting for device {path}", waiting_for=f"device {path}",
-                               code="DEVICE_NOT_READY")
+            raise self._not_ready(path)
         try:
             return resolve_device(path)
         except (OSError, ValueError):
             # Gone or replaced between the two checks: the next device event brings us back.
-            raise WaitingError(f"waiting for device {path}", waiting_for=f"device {path}",
-                               code="DEVICE_NOT_READY") from None
+            raise self._not_ready(path) from None
 
     def wait_for_device(self, spec: VolumeSpec) -> str | None:
         """The resolved device node when it is usable; WaitingError naming it otherwise;
@@ -159,8 +172,7 @@ class LocalPlugin(VolumePlugin):
         if not block_device_ready(device):
             # Re-checked even when the caller just waited for it: it may have gone since, and
             # ``blkid -p`` reports a missing or empty device as blank (exit 2).
-            raise WaitingError(f"waiting for device {spec.source.path}",
-                               waiting_for=f"device {spec.source.path}", code="DEVICE_NOT_READY")
+            raise self._not_ready(spec.source.path)
         self._makedirs(device_mount_path)
         if mounter.is_mount_point(device_mount_path):
             self._check_global_mount_is_device(device, device_mount_path)
