@@ -314,6 +314,10 @@ class VolumeManager:
     def start(self) -> None:
         """Read the desired state, reconstruct the actual state, run the first pass, then
         start the loop. Returns when the first pass has started its operations."""
+        from volumemanager.kube.wiring import start_for
+
+        # Events, volumesInUse and CSINode to the API server, when one is configured (else None).
+        self.reporter = start_for(self)
         self._start_drivers()
         self._load_pod_owners()
         self.provisioned.load()
@@ -400,6 +404,8 @@ class VolumeManager:
 
     def stop(self, wait_operations: float = 30.0) -> None:
         """Stop the loop and the watchers. Mounts stay: stopping is not unmounting."""
+        if getattr(self, "reporter", None) is not None:
+            self.reporter.stop()
         self.reconciler.stop()
         self.controller.stop()
         if self._thread is not None:
