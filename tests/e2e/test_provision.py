@@ -225,3 +225,19 @@ def test_sigkill_during_delete_volume_then_restart_deletes_once(daemon_factory, 
     tail = methods(plugin, NODE_AND_CONTROLLER)
     assert tail.index("NodeUnstageVolume") < tail.index("DeleteVolume")
     wait_until(lambda: not d.mounts(), 15, what="nothing mounted")
+
+
+def test_uncertain_create_volume_of_a_removed_claim_is_finished_then_deleted(daemon_factory, csi_loop):
+    """The sidecar's "in background" rule: a CreateVolume that timed out may have made the
+    volume; removing the claim meanwhile must not leak it."""
+    d = daemon_factory(extra_args=["--csi-timeout", "1.5"])
+    plugin = csi_loop(extra_args=CONTROLLER_ARGS)
+    registered(d)
+    plugin.set_fault("CreateVolume", sleep=3, count=1)
+    d.write_manifest("sc.yaml", docs(storage_class(), claim()))
+    wait_until(lambda: plugin.calls("CreateVolume"), 15, what="CreateVolume sent")
+    d.write_manifest("sc.yaml", storage_class())  # the claim goes while the call hangs
+    wait_until(lambda: plugin.calls("DeleteVolume"), 30, what="DeleteVolume of the volume made in background")
+    wait_until(lambda: controller_volumes(plugin) == {}, 15, what="no volume left in the driver")
+    wait_until(lambda: d.status()["claims"] == [], 15, what="no claim or record left")
+    assert not (d.root / "state" / "provisioned" / "pvc-c0ffee00-0000-4000-8000-000000000001.json").exists()

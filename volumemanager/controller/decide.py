@@ -79,12 +79,29 @@ def decide(
     drivers: Mapping[str, DriverView],
     in_use: frozenset[str],
     ready_to_delete: bool,
+    in_background: Mapping[str, str] = {},
 ) -> Decision:
     """Actions for every claim and every provisioned volume of ``snap`` (the desired state
-    *without* our records merged in)."""
+    *without* our records merged in).
+
+    ``in_background``: volume name -> driver of each CreateVolume whose outcome is unknown
+    (uncertain). The driver may have made the volume, so it is sent again even after its claim
+    is gone, as external-provisioner does: then the volume has a record, is Released and,
+    with Delete, deleted. Without that the volume would leak."""
     out = Decision()
     consumers = cl.claim_consumers(snap)
     live_uids = {c.uid for c in snap.pvcs.values()}
+    live_names = {cl.volume_name(c) for c in snap.pvcs.values()}
+    for name, driver_name in sorted(in_background.items()):
+        if name in records or name in live_names:
+            continue  # done, or the claim is still there and handled below
+        view = drivers.get(driver_name)
+        if view is None or not view.has_controller:
+            out.waiting[name] = f"CSI driver {driver_name} (with its Controller service) to register"
+            continue
+        out.actions.append(ControllerAction(PROVISION, name, driver_name, None,
+                                            f"CreateVolume {name} again: its outcome was unknown and its claim "
+                                            "is gone (the volume is then released)"))
     for claim in sorted(snap.pvcs.values(), key=lambda c: c.key):
         if claim.volume_name:
             continue  # bound in the manifests: not ours to provision

@@ -19,10 +19,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable
 
-from operation_executor.errors import AlreadyPendingError, BackoffError, OperationError, WaitingError
+from operation_executor.errors import AlreadyPendingError, BackoffError, OperationError, WaitingError, is_uncertain
 from operation_executor.executor import OperationExecutor, OperationKey, OperationOutcome
 from volumemanager.controller import claims as cl
 from volumemanager.controller import decide as dc
@@ -78,6 +78,8 @@ class ControllerReconciler:
         self._thread: threading.Thread | None = None
         self._results: dict[str, _Result] = {}
         self._last_waiting: dict[str, str] = {}
+        # CreateVolume calls whose outcome is unknown: name -> (claim, class) to send again.
+        self._background: dict[str, tuple[m.PersistentVolumeClaim, m.StorageClass]] = {}
         self.passes = 0
         executor.add_completion_callback(self._on_complete)
         drivers.subscribe(lambda name: self.wake())
@@ -121,6 +123,8 @@ class ControllerReconciler:
             name = key[len(KEY_PREFIX):]
             with self._cond:
                 self._results[name] = _Result(outcome.operation, outcome.error, time.time())
+                if outcome.operation == "CreateVolume" and (outcome.error is None or not is_uncertain(outcome.error)):
+                    self._background.pop(name, None)
             if outcome.error is None:
                 self._on_records_changed()
         self.wake()  # a node tear-down may free a volume to delete
@@ -142,8 +146,10 @@ class ControllerReconciler:
 
     def decision(self) -> dc.Decision:
         records = self._records.all()
+        with self._cond:
+            background = {name: sc.provisioner for name, (_, sc) in self._background.items()}
         return dc.decide(self._source.raw_snapshot(), records, self._driver_views(),
-                         self._in_use_names(records), self._ready_to_delete())
+                         self._in_use_names(records), self._ready_to_delete(), background)
 
     def reconcile(self) -> list[dc.ControllerAction]:
         self.passes += 1
@@ -173,8 +179,20 @@ class ControllerReconciler:
             claim = next((c for c in snap.pvcs.values() if c.uid == action.claim_uid), None)
             sc = cl.storage_class_of(claim, snap) if claim is not None else None
             if claim is None or sc is None:
+                # An uncertain CreateVolume of a claim that is gone: the same request again.
+                with self._cond:
+                    claim, sc = self._background.get(action.name, (None, None))
+            if claim is None or sc is None:
                 return None
-            return self._ops.provision(action, claim, sc)
+            op = self._ops.provision(action, claim, sc)
+            remembered = (claim, sc)
+
+            def run() -> None:
+                with self._cond:  # from the moment the call may reach the driver until its outcome is known
+                    self._background[action.name] = remembered
+                op.fn()
+
+            return replace(op, fn=run)
         if action.kind == dc.DELETE:
             return self._ops.delete(action)
         raise ValueError(f"unknown controller action {action.kind!r}")
