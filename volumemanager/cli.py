@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--volume-plugin-dir", default=None, metavar="DIR",
                    help="FlexVolume drivers, <DIR>/<vendor>~<driver>/<driver>, picked up when they appear "
                         "(default /usr/libexec/kubernetes/kubelet-plugins/volume/exec, the kubelet's)")
+    d.add_argument("--kubeconfig", default=None, metavar="PATH",
+                   help="also take the pods bound to --node-name (and their claims, volumes, secrets) from this "
+                        "kubeconfig's API server (default: in-cluster config when run in a pod, else none)")
     d.add_argument("--node-name", default=None, help="this node's name (default: the host name)")
     d.add_argument("--metrics-address", default=None, help="HOST:PORT for Prometheus /metrics (default 127.0.0.1:9469; empty disables)")
     d.add_argument("--log-format", default=None, choices=["text", "json"], help="log line format (default: text)")
@@ -334,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
 
         flags = {k: getattr(args, k) for k in ("root_dir", "socket", "config", "manifest_dir", "plugins_registry_dir",
                                                "csi_driver", "node_name", "metrics_address", "log_format", "log_level",
-                                               "csi_timeout", "csi_controller", "volume_plugin_dir")}
+                                               "csi_timeout", "csi_controller", "volume_plugin_dir",
+                                               "kubeconfig")}
         return run_daemon({k: v for k, v in flags.items() if v is not None})
     if args.command == "install-unit":
         from volumemanager import install_unit

@@ -37,6 +37,8 @@ class DaemonConfig:
     log_level: str = "info"
     csi_timeout: float = DEFAULT_CSI_TIMEOUT_SECONDS
     volume_plugin_dir: str = DEFAULT_VOLUME_PLUGIN_DIR
+    # A kubeconfig: pods bound to node_name come from its API server too (issue 15).
+    kubeconfig: str | None = None
     config: str | None = None
 
     @property
@@ -88,7 +90,7 @@ def build_config(flag_values: dict) -> DaemonConfig:
     if cfg_path:
         values.update(load_config_file(cfg_path))
     values.update({k: v for k, v in flag_values.items() if v is not None and v != []})
-    for key in ("root_dir", "manifest_dir", "plugins_registry_dir", "socket", "volume_plugin_dir"):
+    for key in ("root_dir", "manifest_dir", "plugins_registry_dir", "socket", "volume_plugin_dir", "kubeconfig"):
         # Relative paths mean "from here", as with any command; the daemon keeps them absolute.
         if isinstance(values.get(key), str) and values[key]:
             values[key] = os.path.abspath(values[key])

@@ -26,7 +26,7 @@ class Daemon:
     def __init__(self, cfg: DaemonConfig, source=None, metrics=None) -> None:
         from volumemanager.metrics import start_metrics
         from volumemanager.sdnotify import SystemdNotifier
-        from volumemanager.sources.manifest_dir import ManifestDirSource
+        from volumemanager.sources.build import build_source
         from volumemanager.volume_manager import VolumeManager
 
         self.cfg = cfg
@@ -36,7 +36,7 @@ class Daemon:
         self.notifier = SystemdNotifier()
         os.makedirs(cfg.root_dir, mode=0o750, exist_ok=True)
         self.metrics = metrics if metrics is not None else start_metrics(cfg.metrics_address)
-        self.vm = VolumeManager(cfg, source or ManifestDirSource(cfg.manifest_dir), metrics=self.metrics)
+        self.vm = VolumeManager(cfg, source or build_source(cfg), metrics=self.metrics)
         self.vm.on_tick = self._tick
         interval = self.notifier.watchdog_interval()
         if interval:

@@ -277,7 +277,10 @@ class DesiredStatePopulator:
         self.source.stop()
 
     def source_healths(self) -> list[SourceHealth]:
-        """One entry per desired-state source (one today)."""
+        """One entry per desired-state source (a combined source has several)."""
+        healths = getattr(self.source, "healths", None)
+        if callable(healths):
+            return list(healths())
         return [source_health(self.source)]
 
     @property

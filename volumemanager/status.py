@@ -59,6 +59,8 @@ class VolumeRow:
     # What applying the pod's fsGroup did at the last set-up: {gid, policy, mode, seconds,
     # files_changed, files, dirs, skipped_reason}; None when the pod has no fsGroup.
     fs_group: dict | None = None
+    # Where the pod comes from: "api" (the API server) or "manifests"; None when not desired.
+    source: str | None = None
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -91,6 +93,7 @@ def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: Ope
                 VolumeRow(
                     pod=dp.pod.key, pod_uid=dp.pod.uid, volume=u.outer_name, plugin=u.plugin_name, desired=True,
                     state=WAITING, last_error=u.reason, reason=u.reason, waiting_for=u.waiting_for,
+                    source=_pod_source(dp),
                 )
             )
         for vtm in dp.volumes:
@@ -114,6 +117,11 @@ def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: Ope
     return rows
 
 
+def _pod_source(dp: DesiredPod) -> str:
+    """``api`` for a pod from the API server (its origin starts with ``api:``), else ``manifests``."""
+    return "api" if (dp.source or "").startswith("api:") else "manifests"
+
+
 def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: OperationExecutor,
                  operation_label: OperationLabel = _plain_label) -> VolumeRow:
     vid, uid = vtm.volume_id, vtm.pod.uid
@@ -125,6 +133,7 @@ def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: Operati
         device_path=av.device_path if av else None, device_mount_path=av.device_mount_path if av else None,
     )
     row.size_bytes = asw.size_bytes(vid)
+    row.source = _pod_source(dp)
     fs_group = asw.fs_group(vid, uid)
     row.fs_group = fs_group.to_dict() if fs_group is not None else None
     pod_state = mv.state if mv else VolumeMountState.NOT_MOUNTED

@@ -458,7 +458,12 @@ class VolumeManager:
         table = self.mounter.mount_table()
         snap = self.populator.snapshot
         orphans = st.find_orphans(self.config.root_dir, table, self.known_mount_paths())
+        from volumemanager.sources.build import find_api_source, source_entries
+
+        api = find_api_source(self.populator.source)
+        extra = {"api_server": api.server} if api is not None else {}
         return {
+            **extra,
             "node": self.config.node_name,
             "source": "daemon",
             "root_dir": self.config.root_dir,
@@ -467,7 +472,7 @@ class VolumeManager:
             "drained": self.drain.progress(orphans),
             "drivers": [_driver_dict(d) for d in self.drivers.list()],
             "manifest_errors": [e.to_dict() for e in snap.errors],
-            "sources": [h.to_dict() for h in self.populator.source_healths()],
+            "sources": source_entries(self.populator.source_healths(), api),
             "interrupted_at_start": list(self.interrupted_at_start),
             "claims": self.controller.claims(),
             "snapshots": [],

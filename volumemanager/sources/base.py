@@ -43,7 +43,7 @@ class SourceHealth:
         """One line for ``status`` and ``explain``."""
         if self.state == FAILED:
             return (f"{self.name} failed since {_iso(self.failed_since)}: {self.error}; "
-                    "nothing is torn down until it is read whole")
+                    "its last objects are stale and kept; nothing is torn down until it is read whole")
         if self.state == STARTING:
             return f"{self.name} has not been read whole yet; nothing is torn down until it is"
         return f"{self.name} synced"
