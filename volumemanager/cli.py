@@ -188,7 +188,10 @@ def _status_rows(data: dict, wide: bool) -> list[tuple[str, ...]]:
         state = v["state"]
         detail = v.get("mount_path") or ""
         if state != "mounted":
-            detail = v.get("last_error") or v.get("reason") or detail
+            # A row with nothing to report but a wait (a volume kept while a source is not read
+            # whole) says so, rather than showing a bare path beside "unmounting".
+            waiting = f"waiting for {v['waiting_for']}" if v.get("waiting_for") else None
+            detail = v.get("last_error") or v.get("reason") or waiting or detail
             if v.get("next_retry_seconds"):
                 detail += f" (retry in {v['next_retry_seconds']:.0f}s)"
         row = (v["pod"], v["volume"], short_plugin_name(v.get("plugin") or ""), state, detail)

@@ -31,6 +31,11 @@ def test_dir_back_empty_after_a_failed_start_tears_down_at_once_and_counts(daemo
     assert _source(d)["state"] == "failed"
     wait_until(lambda: "kept 4 volumes of 2 pods found on disk" in d.log(), 10, what="the 'kept' log line")
     assert len(d.mounts()) == 2 and all(_volume(d, uid, "disk").exists() for uid in UIDS)
+    # The table says why the kept rows are there, not a bare path beside their state.
+    kept = [line for line in d.cli("status").stdout.splitlines() if line.startswith("demo/p")]
+    assert len(kept) == 4 and all(
+        line.endswith(f"waiting for manifest-dir:{d.manifests} to be read whole (nothing is torn down until then)")
+        for line in kept), kept
 
     d.manifests.mkdir()  # back, readable, and empty: no pods
     wait_until(lambda: _source(d)["state"] == "synced", 10, what="the source to be read whole")
