@@ -21,7 +21,18 @@ from dataclasses import dataclass
 from typing import Iterable, Mapping, Protocol
 
 from operation_executor.executor import DEFAULT_LANE
-from operation_executor.types import PodRef, SecretRef, VolumeSpec, short_plugin_name
+from operation_executor.types import ConfigMapRef, PodRef, SecretRef, VolumeSpec, short_plugin_name
+
+
+class ObjectLookup(Protocol):
+    """The API objects a volume's content is built from. The daemon answers from the desired
+    state's snapshot; the populator passes one bound to the snapshot it resolves."""
+
+    def get_secret(self, ref: SecretRef) -> Mapping[str, bytes] | None:
+        """The Secret's data, or None when it does not exist. Never log the result."""
+
+    def get_configmap(self, ref: ConfigMapRef) -> Mapping[str, bytes] | None:
+        """The ConfigMap's ``data`` (UTF-8) and ``binaryData`` keys, or None when it does not exist."""
 
 
 class PluginHost(Protocol):
@@ -45,6 +56,9 @@ class PluginHost(Protocol):
 
     def get_secret(self, ref: SecretRef) -> Mapping[str, bytes] | None:
         """The Secret's data, or None when it does not exist. Never log the result."""
+
+    def get_configmap(self, ref: ConfigMapRef) -> Mapping[str, bytes] | None:
+        """The ConfigMap's keys and bytes, or None when it does not exist."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +196,18 @@ class VolumePlugin(ABC):
         if self.pod_dir_is_mount_point(spec):
             return is_mount_point
         return is_mount_point or os.path.isdir(mount_path)
+
+    # Whether the populator puts the pod's metadata (``VolumeSpec.pod_info``) in the spec:
+    # only for plugins whose content shows it (downwardAPI, projected).
+    uses_pod_info: bool = False
+
+    def content_generation(self, spec: VolumeSpec, pod: PodRef, objects: ObjectLookup) -> str | None:
+        """A token that changes whenever the content the pod's view must show changes (the
+        referenced ConfigMap or Secret, the pod's labels). The populator stores it in
+        ``VolumeSpec.content_generation``; the reconciler sets up again a mounted view whose
+        token differs (the kubelet's ``RequiresRemount``). Never raises: a missing object is
+        a token of its own, and ``set_up`` reports it. None: the content is not ours."""
+        return None
 
     def operation_label(self, operation: str) -> str:
         """How ``status`` names an operation of this plugin (``MountDevice``, ``SetUp``, ...)

@@ -43,6 +43,29 @@ class SecretRef:
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class ConfigMapRef:
+    """A reference to a ConfigMap, looked up at the moment of a call (like ``SecretRef``)."""
+
+    namespace: str
+    name: str
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """What a volume's content may say about its pod (downwardAPI ``fieldRef`` and
+    ``resourceFieldRef``): a small value, not the whole Pod, so a plugin depends on no
+    manifest model. ``containers`` holds (name, requests, limits) with exact quantities."""
+
+    uid: str
+    namespace: str
+    name: str
+    labels: Mapping[str, str] = field(default_factory=dict)
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    service_account_name: str = "default"
+    containers: tuple[tuple[str, Mapping[str, Any], Mapping[str, Any]], ...] = ()
+
+
 @dataclass(frozen=True)
 class VolumeSpec:
     """A volume resolved far enough that a plugin can act on it.
@@ -68,6 +91,12 @@ class VolumeSpec:
     # desired and actual states keep specs without it: a volume's spec is the same for
     # every pod that uses it, the fsGroup is per pod (VolumeToMount.fs_group).
     fs_group: int | None = None
+    # Set for plugins whose content follows the pod (``VolumePlugin.uses_pod_info``).
+    pod_info: PodInfo | None = None
+    # A token of the content a view must show (configMap data, a pod's labels), from
+    # ``VolumePlugin.content_generation``; None for volumes whose content is not ours to
+    # write. A mounted view set up with another token is set up again (kubelet RequiresRemount).
+    content_generation: str | None = None
 
 
 @dataclass(frozen=True)

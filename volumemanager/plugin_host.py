@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from typing import Callable, Mapping
 
-from operation_executor.types import SecretRef
+from operation_executor.types import ConfigMapRef, SecretRef
 
 
 def escape_plugin_name(plugin_name: str) -> str:
@@ -33,6 +33,7 @@ class DaemonPluginHost:
         self.node_name = node_name
         self._mounter = mounter
         self._secret_lookup = secret_lookup or (lambda ref: None)
+        self._configmap_lookup: Callable[[ConfigMapRef], Mapping[str, bytes] | None] = lambda ref: None
 
     @property
     def mounter(self):
@@ -59,3 +60,9 @@ class DaemonPluginHost:
 
     def set_secret_lookup(self, lookup: Callable[[SecretRef], Mapping[str, bytes] | None]) -> None:
         self._secret_lookup = lookup
+
+    def get_configmap(self, ref: ConfigMapRef) -> Mapping[str, bytes] | None:
+        return self._configmap_lookup(ref)
+
+    def set_configmap_lookup(self, lookup: Callable[[ConfigMapRef], Mapping[str, bytes] | None]) -> None:
+        self._configmap_lookup = lookup

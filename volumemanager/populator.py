@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Mapping
 
 from operation_executor.plugin import PluginRegistry
-from operation_executor.types import PodRef, VolumeSpec, VolumeToMount
+from operation_executor.types import ConfigMapRef, PodInfo, PodRef, SecretRef, VolumeSpec, VolumeToMount
 from volumemanager.cache.desired_state import DesiredPod, DesiredStateOfWorld, UnresolvedVolume
 from volumemanager.manifests import models as m
 from volumemanager.sources.base import SourceHealth
@@ -35,6 +35,47 @@ def _plugin_for_source(plugins: PluginRegistry, source: object) -> str:
     if plugin is None:
         raise Unresolvable(f"unsupported volume source {type(source).__name__}")
     return plugin.name
+
+
+# What a pod's volume content was built from: ("configmap" | "secret", namespace, name).
+ObjectKey = tuple[str, str, str]
+
+
+class SnapshotObjects:
+    """The ``ObjectLookup`` plugins build content from, answered by one snapshot; it records
+    every object asked for (found or not), so the populator knows which pods to re-resolve
+    when one of them changes."""
+
+    def __init__(self, snap: m.Snapshot) -> None:
+        self._snap = snap
+        self.seen: set[ObjectKey] = set()
+
+    def get_configmap(self, ref: ConfigMapRef):
+        self.seen.add(("configmap", ref.namespace, ref.name))
+        return configmap_data(self._snap.configmaps.get((ref.namespace, ref.name)))
+
+    def get_secret(self, ref: SecretRef):
+        self.seen.add(("secret", ref.namespace, ref.name))
+        secret = self._snap.secrets.get((ref.namespace, ref.name))
+        return dict(secret.data) if secret is not None else None
+
+
+def configmap_data(cm: m.ConfigMap | None) -> dict[str, bytes] | None:
+    """A ConfigMap's ``data`` (as UTF-8) and ``binaryData`` as one map of bytes."""
+    if cm is None:
+        return None
+    out = {k: v.encode() for k, v in cm.data.items()}
+    out.update(cm.binary_data)
+    return out
+
+
+def pod_info(pod: m.Pod) -> PodInfo:
+    """The part of a pod its volumes' content may show (downward API)."""
+    return PodInfo(
+        uid=pod.uid, namespace=pod.namespace, name=pod.name, labels=dict(pod.labels),
+        annotations=dict(pod.annotations), service_account_name=pod.service_account_name,
+        containers=tuple((c.name, dict(c.requests), dict(c.limits)) for c in pod.containers),
+    )
 
 
 @dataclass(frozen=True)
@@ -118,7 +159,8 @@ def resolve_volume(
     if not isinstance(src, m.PVCSource):
         plugin = _plugin_for_source(plugins, src)
         read_only = bool(getattr(src, "read_only", False))
-        return VolumeSpec(name=vol.name, plugin_name=plugin, source=src, read_only=read_only)
+        info = pod_info(pod) if getattr(plugins.find(plugin), "uses_pod_info", False) else None
+        return VolumeSpec(name=vol.name, plugin_name=plugin, source=src, read_only=read_only, pod_info=info)
     claim_key = f"{pod.namespace}/{src.claim_name}"
     pvc = snap.pvcs.get((pod.namespace, src.claim_name))
     if pvc is None:
@@ -172,9 +214,12 @@ def resolve_volume(
 
 
 def resolve_pod(
-    pod: m.Pod, snap: m.Snapshot, plugins: PluginRegistry, bindings: Mapping[str, str] | None = None
+    pod: m.Pod, snap: m.Snapshot, plugins: PluginRegistry, bindings: Mapping[str, str] | None = None,
+    seen: set[ObjectKey] | None = None,
 ) -> DesiredPod:
+    """``seen`` collects the objects the pod's volume content was built from."""
     ref = PodRef(pod.uid, pod.namespace, pod.name)
+    objects = SnapshotObjects(snap)
     resolved: list[VolumeToMount] = []
     unresolved: list[UnresolvedVolume] = []
     if bindings is None and any(isinstance(v.source, m.PVCSource) for v in pod.volumes):
@@ -186,6 +231,9 @@ def resolve_pod(
                 plugin = plugins.find(spec.plugin_name)
             except KeyError:
                 raise Unresolvable(f"volume plugin {spec.plugin_name} is not available", plugin_name=spec.plugin_name)
+            generation = plugin.content_generation(spec, ref, objects)
+            if generation is not None:
+                spec = replace(spec, content_generation=generation)
             resolved.append(
                 VolumeToMount(
                     volume_id=plugin.volume_id(spec, ref),
@@ -200,6 +248,8 @@ def resolve_pod(
             )
         except Unresolvable as e:
             unresolved.append(UnresolvedVolume(vol.name, e.plugin_name, e.reason, e.waiting_for))
+    if seen is not None:
+        seen |= objects.seen
     return DesiredPod(ref, tuple(resolved), tuple(unresolved), source=str(pod.origin))
 
 
@@ -268,6 +318,11 @@ class DesiredStatePopulator:
         # teardown changes no desired volume, so ``on_volumes_changed`` would not say so.
         self.on_source_recovered: list[Callable[[], None]] = []
         self._last_healthy: bool | None = None
+        # Which pods' volume content was built from which ConfigMap/Secret (found or not), so
+        # that a change of one re-resolves just those pods: the update follows the object's
+        # change event, never a sweep over all pods.
+        self._objects_of: dict[str, frozenset[ObjectKey]] = {}
+        self._pods_of: dict[ObjectKey, set[str]] = {}
 
     def start(self) -> None:
         self.source.start(self.sync)
@@ -330,6 +385,7 @@ class DesiredStatePopulator:
                     self._resolved_from.pop(uid, None)
                     self._recheck.discard(uid)
                     self._refused.pop(uid, None)
+                    self._index_objects(uid, frozenset())
                 log.info("%d pods are gone from %s: %d volumes of %d pods will be torn down",
                          len(gone), getattr(self.source, "name", "the source"), volumes, len(gone),
                          extra={"pods": len(gone), "volumes": volumes})
@@ -341,9 +397,10 @@ class DesiredStatePopulator:
             # Resolution reads the pod, the claims and the volumes (never another pod), and
             # the bindings, which are the same unless a claim or volume changed.
             reuse = same_claims and self._bindings == old_bindings
+            stale = self._pods_of_changed_objects(snap) if reuse else set()
             host_owners: dict[str, str] | None = None
             for uid, pod in snap.pods.items():
-                if reuse and uid not in self._recheck and self._resolved_from.get(uid) is pod:
+                if reuse and uid not in self._recheck and uid not in stale and self._resolved_from.get(uid) is pod:
                     continue
                 owner = None
                 old = self._dsw.get_pod(uid)
@@ -361,7 +418,9 @@ class DesiredStatePopulator:
                 else:
                     if self._refused.pop(uid, None) is not None:
                         log.info("pod %s: UID %s is free now", pod.key, uid)
-                    desired = resolve_pod(pod, snap, self._plugins, self._bindings)
+                    seen: set[ObjectKey] = set()
+                    desired = resolve_pod(pod, snap, self._plugins, self._bindings, seen)
+                    self._index_objects(uid, frozenset(seen))
                     if any(u.reason.startswith("persistentvolume ") and " is bound to " in u.reason
                            for u in desired.unresolved):
                         self._recheck.add(uid)
@@ -383,6 +442,39 @@ class DesiredStatePopulator:
                 hook()
             except Exception:  # noqa: BLE001 - a hook's bug must not stop the desired state
                 log.exception("source-recovered hook failed")
+
+    def _index_objects(self, uid: str, objects: frozenset[ObjectKey]) -> None:
+        old = self._objects_of.get(uid, frozenset())
+        if old == objects:
+            return
+        for key in old - objects:
+            pods = self._pods_of.get(key)
+            if pods is not None:
+                pods.discard(uid)
+                if not pods:
+                    del self._pods_of[key]
+        for key in objects - old:
+            self._pods_of.setdefault(key, set()).add(uid)
+        if objects:
+            self._objects_of[uid] = objects
+        else:
+            self._objects_of.pop(uid, None)
+
+    def _pods_of_changed_objects(self, snap: m.Snapshot) -> set[str]:
+        """The pods whose content was built from a ConfigMap or Secret that differs between
+        the last snapshot and ``snap`` (added, removed or replaced: the store hands out the
+        same object for a file that did not change)."""
+        if not self._pods_of:
+            return set()
+        out: set[str] = set()
+        for kind, old, new in (("configmap", self._snapshot.configmaps, snap.configmaps),
+                               ("secret", self._snapshot.secrets, snap.secrets)):
+            if _same_objects(old, new):
+                continue
+            for key in old.keys() | new.keys():
+                if old.get(key) is not new.get(key):
+                    out |= self._pods_of.get((kind, key[0], key[1]), set())
+        return out
 
     def _read_host(self) -> list[HostPodVolume]:
         if self._host_volumes is None:
@@ -409,3 +501,6 @@ class DesiredStatePopulator:
     def get_secret(self, ref):
         secret = self._snapshot.secret(ref)
         return dict(secret.data) if secret is not None else None
+
+    def get_configmap(self, ref: ConfigMapRef):
+        return configmap_data(self._snapshot.configmaps.get((ref.namespace, ref.name)))

@@ -37,6 +37,10 @@ from volumemanager.cache.desired_state import DesiredStateOfWorld
 
 log = logging.getLogger(__name__)
 
+# A mounted pod view whose content (a ConfigMap, a Secret, the pod's labels) changed since it
+# was set up: set it up again (the kubelet's RequiresRemount). Runs the mount operation.
+REMOUNT_VOLUME = "remount_volume"
+
 # Safety-net pass over every volume. Events drive the real work; this only catches what an
 # event could have missed, so it can be slow (a pass over 1,000 volumes costs a few ms).
 FULL_RESYNC_SECONDS = 60.0
@@ -51,7 +55,7 @@ MAX_IDLE_SLEEP_SECONDS = 10.0
 class Action:
     """One operation the reconciler wants to start (shown by ``plan``)."""
 
-    kind: str  # mount_volume | unmount_volume | unmount_device
+    kind: str  # mount_volume | remount_volume | unmount_volume | unmount_device
     volume_id: str
     pod_uid: str | None
     pod: str | None  # "namespace/name"
@@ -275,6 +279,8 @@ class Reconciler:
         for vtm in dsw.volumes_to_mount(ids):
             if self._asw.pod_state(vtm.volume_id, vtm.pod.uid) is not VolumeMountState.MOUNTED:
                 actions.append(self._mount_action(vtm))
+            elif self._needs_remount(vtm):
+                actions.append(self._remount_action(vtm))
         # 3. staged devices no pod uses any more
         if ready:
             for av in self._asw.attached_volumes(ids):
@@ -314,6 +320,17 @@ class Reconciler:
             + f"mount {vtm.outer_name} for pod {vtm.pod.key}",
         )
 
+    def _needs_remount(self, vtm: VolumeToMount) -> bool:
+        """Whether the mounted view was set up with other content than desired now."""
+        want = vtm.spec.content_generation
+        return want is not None and self._asw.content_generation(vtm.volume_id, vtm.pod.uid) != want
+
+    def _remount_action(self, vtm: VolumeToMount) -> Action:
+        return Action(
+            REMOUNT_VOLUME, vtm.volume_id, vtm.operation_pod_uid, vtm.pod.key, vtm.outer_name, vtm.plugin_name,
+            f"update {vtm.outer_name} for pod {vtm.pod.key} (its content changed)",
+        )
+
     def _unmount_volume_action(self, mv: MountedVolume) -> Action:
         return Action(
             UNMOUNT_VOLUME, mv.volume_id, mv.pod.uid, mv.pod.key, mv.outer_name, mv.plugin_name,
@@ -344,12 +361,12 @@ class Reconciler:
 
     def _generate(self, action: Action):
         vid = action.volume_id
-        if action.kind == MOUNT_VOLUME:
+        if action.kind in (MOUNT_VOLUME, REMOUNT_VOLUME):
             # Re-read the desired entry: the action is only a description.
             for vtm in self._dsw.volumes_to_mount([vid]):
                 if vtm.pod.key == action.pod and vtm.outer_name == action.outer_name:
                     pod_state = self._asw.pod_state(vid, vtm.pod.uid)
-                    if pod_state is VolumeMountState.MOUNTED:
+                    if pod_state is VolumeMountState.MOUNTED and not self._needs_remount(vtm):
                         # An operation that was in flight when the pass decided has finished
                         # since: starting another would only repeat its work.
                         return None

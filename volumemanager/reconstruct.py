@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Protocol
 
 from mount_utils.mountinfo import MountTable
@@ -120,8 +120,12 @@ def reconstruct_actual_state(
                         if not dplugin.is_present_on_disk(vtm.spec, mount_path, mounted):
                             continue
                         dmp = dplugin.device_mount_path(vtm.spec) if vtm.device_mountable else None
+                        # The disk does not say which content a view shows (a ConfigMap may
+                        # have changed while we were down): no token, so the reconciler sets
+                        # it up once more, which writes nothing when the files are right.
+                        spec = replace(vtm.spec, content_generation=None)
                         asw.add_reconstructed(
-                            MountedVolume(vtm.volume_id, vtm.pod, vtm.outer_name, vtm.spec, vtm.plugin_name,
+                            MountedVolume(vtm.volume_id, vtm.pod, vtm.outer_name, spec, vtm.plugin_name,
                                           mount_path, VolumeMountState.MOUNTED, dmp),
                             device_state_of(dmp), None,
                         )

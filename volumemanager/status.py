@@ -201,6 +201,10 @@ def explain_row(row: VolumeRow, drivers: set[str] | None = None) -> list[str]:
                 f"waiting for CSI driver {name}: not registered (no registration socket in plugins_registry/, "
                 f"no --csi-driver {name}=...){_ago(row.error_since)}"
             )
+        elif row.error_code == "CONTENT_UNAVAILABLE" and row.last_error:
+            # configMap/secret/downwardAPI/projected: the reason says more than the object.
+            reason = row.last_error.removeprefix("CONTENT_UNAVAILABLE: ")
+            lines.append(f"{reason}: waiting for {wf}{_ago(row.error_since)}")
         else:
             # A wait whose message says why (``waiting for device X: open fails with ENXIO``).
             detail = (row.last_error or "").removeprefix(f"{row.error_code}: ") if row.error_code else ""

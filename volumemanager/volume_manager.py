@@ -91,6 +91,7 @@ class VolumeManager:
                                                host_volumes=self._host_pod_volumes)
         self.populator.on_source_recovered.append(self._source_recovered)
         self.host.set_secret_lookup(self.populator.get_secret)
+        self.host.set_configmap_lookup(self.populator.get_configmap)
         from volumemanager.drain import DrainController
 
         # The reconciler reads the desired state through the drain's view: empty while drained.

@@ -45,7 +45,26 @@ spec:
     persistentVolumeClaim: {{claimName: {claim}}}
   - name: mem
     emptyDir: {{medium: Memory, sizeLimit: 4Mi}}
+  - name: cfg
+    configMap: {{name: crash-cfg}}
+  - name: creds
+    secret: {{secretName: crash-creds}}
 """
+
+# The configMap (a plain dir on disk) and secret (a tmpfs) every pod also mounts.
+OBJECTS = """\
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: crash-cfg, namespace: crash}
+data: {setting: "on"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: crash-creds, namespace: crash}
+stringData: {token: crash-token}
+"""
+# Plugins whose pod view is a directory on disk, not a mount point.
+ON_DISK = ("configmap", "downward-api")
 
 
 def storage_manifest(local_devices: list[str], csi_handles: list[str]) -> str:
@@ -94,6 +113,7 @@ def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory
 
     d = daemon_factory(start=False, extra_args=["--csi-timeout", "5"])
     d.write_manifest("storage.yaml", storage_manifest(locals_, handles))
+    d.write_manifest("objects.yaml", OBJECTS)
     d.start()
     wait_until(lambda: d.status()["drivers"], 20, what="driver registration")
 
@@ -111,7 +131,7 @@ def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory
         def expected_paths(status) -> set[str]:
             out: set[str] = set()
             for v in status["volumes"]:
-                if v["desired"]:
+                if v["desired"] and v["plugin"].rpartition("/")[2] not in ON_DISK:
                     out.add(v["mount_path"])
                     if v.get("device_mount_path"):
                         out.add(v["device_mount_path"])
@@ -142,6 +162,11 @@ def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory
                 assert m.mount_point in staged, f"stale staging {m.mount_point}"
         for v in st["volumes"]:
             claim = pods[v["pod"].split("/")[1]]
+            if v["volume"] in ("cfg", "creds"):
+                name, want = ("setting", "on") if v["volume"] == "cfg" else ("token", "crash-token")
+                with open(os.path.join(v["mount_path"], name)) as f:
+                    if f.read() != want:
+                        counts["mismatch"] += 1
             if v["volume"] != "data":
                 continue
             path = os.path.join(v["mount_path"], "payload.bin")
@@ -197,5 +222,8 @@ def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory
         (d.manifests / f"{pod}.yaml").unlink()
     desired.clear()
     wait_until(lambda: not d.mounts(), CONVERGE_SECONDS, what="everything unmounted at the end")
+    pods_dir = d.root / "pods"
+    wait_until(lambda: not pods_dir.exists() or not any(pods_dir.iterdir()), CONVERGE_SECONDS,
+               what="no pod dir left at the end (configMap dirs on disk removed too)")
     print("crash test:", ", ".join(f"{k}={v}" for k, v in counts.items()))
     assert counts["leaked"] == counts["duplicate"] == counts["missing"] == counts["mismatch"] == 0

@@ -23,12 +23,16 @@ def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = Non
     and, to honour CSIDriver objects, ``csi_fs_group_policy`` (driver name -> its CSIDriver's
     fsGroupPolicy or None); the others only the host. Imported here, not at the top, so that importing one plugin
     module does not load them all."""
+    from volumemanager.plugins.configmap import ConfigMapPlugin
     from volumemanager.plugins.csi import CSIPlugin
+    from volumemanager.plugins.downward_api import DownwardAPIPlugin
     from volumemanager.plugins.empty_dir import EmptyDirPlugin
     from volumemanager.plugins.flexvolume import FlexVolumePlugin
     from volumemanager.plugins.host_path import HostPathPlugin
     from volumemanager.plugins.local import LocalPlugin
     from volumemanager.plugins.nfs import NFSPlugin
+    from volumemanager.plugins.projected import ProjectedPlugin
+    from volumemanager.plugins.secret import SecretPlugin
 
     if driver_registry is None:
         from volumemanager.csi.registry import DriverRegistry
@@ -40,5 +44,9 @@ def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = Non
     reg.register(LocalPlugin(host))
     reg.register(NFSPlugin(host))
     reg.register(CSIPlugin(host, driver_registry, fs_group_policy=csi_fs_group_policy))
+    reg.register(ConfigMapPlugin(host))
+    reg.register(SecretPlugin(host))
+    reg.register(DownwardAPIPlugin(host))
+    reg.register(ProjectedPlugin(host))
     reg.register(FlexVolumePlugin(host, flex_drivers))  # flex_drivers: the FlexVolume prober
     return reg
