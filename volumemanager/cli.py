@@ -191,6 +191,9 @@ def _status_rows(data: dict, wide: bool) -> list[tuple[str, ...]]:
             # A row with nothing to report but a wait (a volume kept while a source is not read
             # whole) says so, rather than showing a bare path beside "unmounting".
             waiting = f"waiting for {v['waiting_for']}" if v.get("waiting_for") else None
+            if data.get("source") == "disk" and detail:
+                # Read from the disk: the path is where it would be mounted, not a mount.
+                detail = f"not mounted at {detail} (why, and what comes next, only the daemon knows)"
             detail = v.get("last_error") or v.get("reason") or waiting or detail
             if v.get("next_retry_seconds"):
                 detail += f" (retry in {v['next_retry_seconds']:.0f}s)"

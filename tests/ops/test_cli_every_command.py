@@ -34,3 +34,21 @@ def test_drain_and_uncordon_without_a_daemon_name_the_command_and_exit_3(tmp_pat
         assert r.stderr.startswith(f"volumemanager {args[0]}: no daemon answers"), r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr, r.stderr
         assert r.stdout == "" and not (tmp_path / "root").exists()
+
+
+def test_offline_table_never_shows_an_unmounted_volume_as_a_bare_path(tmp_path):
+    """Without a daemon a desired volume that is not mounted reads "not mounted at PATH", so
+    the path is not taken for a mount (the JSON keeps ``mount_path`` as it is)."""
+    manifests = tmp_path / "manifests"
+    manifests.mkdir()
+    (manifests / "p.yaml").write_text(
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: web, namespace: demo}\n"
+        "spec:\n  volumes:\n  - name: cache\n    emptyDir: {}\n")
+    common = ["--root-dir", str(tmp_path / "root"), "--socket", str(tmp_path / "none.sock"),
+              "--manifest-dir", str(manifests)]
+    r = subprocess.run([sys.executable, "-m", "volumemanager", "status", *common], capture_output=True, text=True,
+                       timeout=30)
+    assert r.returncode == 0, r.stderr
+    (row,) = [line for line in r.stdout.splitlines() if line.startswith("demo/web")]
+    path = f"{tmp_path}/root/pods/"
+    assert f"not mounted at {path}" in row and row.endswith("(why, and what comes next, only the daemon knows)"), row
