@@ -322,6 +322,9 @@ class VolumeManager:
         self._start_drivers()
         self._load_pod_owners()
         self.provisioned.load()
+        open_intents = getattr(self.journal, "open_intents", None)
+        if callable(open_intents):  # before reconstruction forgets them
+            self.controller.adopt_interrupted(open_intents())
         self.populator.start()
         self._flex_resolving = True
         self.reconstruct()

@@ -241,3 +241,22 @@ def test_uncertain_create_volume_of_a_removed_claim_is_finished_then_deleted(dae
     wait_until(lambda: controller_volumes(plugin) == {}, 15, what="no volume left in the driver")
     wait_until(lambda: d.status()["claims"] == [], 15, what="no claim or record left")
     assert not (d.root / "state" / "provisioned" / "pvc-c0ffee00-0000-4000-8000-000000000001.json").exists()
+
+
+def test_sigkill_during_create_volume_then_claim_removed_before_restart_deletes_the_volume(daemon_factory, csi_loop):
+    """The intent journal keeps the request: after a restart the interrupted CreateVolume is
+    sent again even though its claim is gone, and the volume it made is deleted, not leaked."""
+    d = daemon_factory(extra_args=["--csi-timeout", "20"])
+    plugin = csi_loop(extra_args=CONTROLLER_ARGS)
+    registered(d)
+    plugin.set_fault("CreateVolume", sleep=3, count=1)
+    d.write_manifest("sc.yaml", docs(storage_class(), claim()))
+    wait_until(lambda: plugin.calls("CreateVolume"), 15, what="CreateVolume sent")
+    d.kill()  # SIGKILL
+    d.write_manifest("sc.yaml", storage_class())
+    wait_until(lambda: len(controller_volumes(plugin)) == 1, 15, what="the driver finishing the slow CreateVolume")
+    d.start()
+    wait_until(lambda: plugin.calls("DeleteVolume"), 30, what="DeleteVolume of the volume made before the crash")
+    wait_until(lambda: controller_volumes(plugin) == {}, 15, what="no volume left in the driver")
+    assert {c.get("name") for c in plugin.calls("CreateVolume")} == {"pvc-c0ffee00-0000-4000-8000-000000000001"}
+    wait_until(lambda: d.status()["claims"] == [], 15, what="no record left")

@@ -113,7 +113,7 @@ class ControllerOperations:
             # sidecar's strict topology does for a selected node.
             topology = [dict(info.topology)]
         details = {"name": request.name, "driver": request.driver, "claim": claim.key, "claim_uid": claim.uid,
-                   "required_bytes": request.required_bytes}
+                   "required_bytes": request.required_bytes, "request": request_record(claim, sc)}
         created = self._journaled("CreateVolume", request.name, details, lambda: client.create_volume(
             request.name, caps, request.required_bytes, request.parameters, secrets, topology, topology))
         capacity = created.capacity_bytes or request.required_bytes
@@ -210,3 +210,30 @@ def pv_document(claim: m.PersistentVolumeClaim, sc: m.StorageClass, request: cl.
             for t in accessible_topology]}}
     return {"apiVersion": "v1", "kind": "PersistentVolume",
             "metadata": {"name": request.name, "annotations": annotations}, "spec": spec}
+
+
+def request_record(claim: m.PersistentVolumeClaim, sc: m.StorageClass) -> dict[str, Any]:
+    """What the CreateVolume intent keeps to send the same request after a restart, when the
+    claim is gone by then (no secret values: the class holds secret *names* only)."""
+    return {
+        "claim": {"namespace": claim.namespace, "name": claim.name, "uid": claim.uid,
+                  "access_modes": list(claim.access_modes), "volume_mode": claim.volume_mode,
+                  "request_bytes": claim.request_bytes, "storage_class_name": claim.storage_class_name},
+        "class": {"name": sc.name, "provisioner": sc.provisioner, "parameters": dict(sc.parameters),
+                  "reclaim_policy": sc.reclaim_policy, "volume_binding_mode": sc.volume_binding_mode,
+                  "mount_options": list(sc.mount_options)},
+    }
+
+
+def from_request_record(data: Mapping[str, Any]) -> tuple[m.PersistentVolumeClaim, m.StorageClass]:
+    """The claim and class of ``request_record``; ``KeyError``/``TypeError`` for a bad record."""
+    c, k = data["claim"], data["class"]
+    origin = m.Origin("intent journal", 1)
+    claim = m.PersistentVolumeClaim(str(c["namespace"]), str(c["name"]), None, c.get("volume_mode"),
+                                    tuple(c.get("access_modes") or ()), origin, uid=str(c["uid"]),
+                                    storage_class_name=c.get("storage_class_name"),
+                                    request_bytes=c.get("request_bytes"))
+    sc = m.StorageClass(str(k["name"]), str(k["provisioner"]), dict(k.get("parameters") or {}),
+                        str(k.get("reclaim_policy") or "Delete"), str(k.get("volume_binding_mode") or "Immediate"),
+                        False, tuple(k.get("mount_options") or ()), (), origin)
+    return claim, sc

@@ -129,6 +129,27 @@ class ControllerReconciler:
                 self._on_records_changed()
         self.wake()  # a node tear-down may free a volume to delete
 
+    def adopt_interrupted(self, intents: list[dict]) -> None:
+        """At start, before the journal forgets them: each CreateVolume the last run began and
+        never ended may have made a volume, so it is sent again (same name, same request) even
+        if its claim is gone by now; then the volume is released like any other."""
+        from volumemanager.controller.operations import from_request_record
+
+        for rec in intents:
+            key = str(rec.get("volume_id") or "")
+            if rec.get("step") != "CreateVolume" or not key.startswith(KEY_PREFIX):
+                continue
+            try:
+                claim, sc = from_request_record((rec.get("details") or {})["request"])
+            except (KeyError, TypeError, ValueError) as e:
+                log.error("interrupted CreateVolume of %s cannot be finished: its intent record is "
+                          "incomplete (%s); the driver may hold a volume of that name", key, e)
+                continue
+            with self._cond:
+                self._background.setdefault(key[len(KEY_PREFIX):], (claim, sc))
+            log.warning("CreateVolume of %s (claim %s) was interrupted by the last stop: it is sent again",
+                        key[len(KEY_PREFIX):], claim.key)
+
     # --- deciding -------------------------------------------------------------------------
 
     def _driver_views(self) -> dict[str, dc.DriverView]:
