@@ -177,8 +177,97 @@ def test_manifest_dir_and_api_server_at_once(daemon_factory, fake_apiserver, kub
     assert mounted(d, "demo/dynamic")
 
 
-def test_against_a_real_kube_apiserver():
-    exe = shutil.which("kube-apiserver")
-    if exe is None:
-        pytest.skip("no kube-apiserver on PATH (it needs etcd too); the fake API server covers the protocol")
-    pytest.skip(f"{exe} found, but starting it with etcd is not automated in this suite yet")
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def real_apiserver(tmp_path):
+    """etcd + kube-apiserver from PATH on free local ports, a static bearer token, AlwaysAllow;
+    both stopped by PID afterwards. Skipped (with the reason) when either is missing."""
+    import subprocess
+
+    apiserver, etcd = shutil.which("kube-apiserver"), shutil.which("etcd")
+    if apiserver is None or etcd is None:
+        missing = " and ".join(n for n, p in (("kube-apiserver", apiserver), ("etcd", etcd)) if p is None)
+        pytest.skip(f"no {missing} on PATH: the real API server test needs both (the fake API server "
+                    "covers the protocol in the other tests)")
+    import urllib.request
+    import ssl
+    import json as _json
+
+    work = tmp_path / "k8s"
+    work.mkdir()
+    subprocess.run(["openssl", "genrsa", "-out", str(work / "sa.key"), "2048"], check=True, capture_output=True)
+    subprocess.run(["openssl", "rsa", "-in", str(work / "sa.key"), "-pubout", "-out", str(work / "sa.pub")],
+                   check=True, capture_output=True)
+    token = "real-apiserver-test-token"
+    (work / "tokens.csv").write_text(f'{token},admin,admin,"system:masters"\n')
+    etcd_port, peer_port, api_port = _free_port(), _free_port(), _free_port()
+    procs = []
+    log = open(work / "k8s.log", "ab")
+    try:
+        procs.append(subprocess.Popen(
+            [etcd, "--data-dir", str(work / "etcd"), "--listen-client-urls", f"http://127.0.0.1:{etcd_port}",
+             "--advertise-client-urls", f"http://127.0.0.1:{etcd_port}",
+             "--listen-peer-urls", f"http://127.0.0.1:{peer_port}"], stdout=log, stderr=subprocess.STDOUT))
+        procs.append(subprocess.Popen(
+            [apiserver, f"--etcd-servers=http://127.0.0.1:{etcd_port}", f"--secure-port={api_port}",
+             "--bind-address=127.0.0.1", f"--cert-dir={work / 'certs'}", f"--token-auth-file={work / 'tokens.csv'}",
+             "--authorization-mode=AlwaysAllow", f"--service-account-key-file={work / 'sa.pub'}",
+             f"--service-account-signing-key-file={work / 'sa.key'}",
+             "--service-account-issuer=https://kubernetes.default.svc", "--service-cluster-ip-range=10.96.0.0/24"],
+            stdout=log, stderr=subprocess.STDOUT))
+        url = f"https://127.0.0.1:{api_port}"
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+
+        def ready() -> bool:
+            req = urllib.request.Request(f"{url}/readyz", headers={"Authorization": f"Bearer {token}"})
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=2) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        wait_until(ready, timeout=60, interval=0.5, what="kube-apiserver /readyz")
+        kc = work / "kubeconfig"
+        kc.write_text(_json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "real",
+            "clusters": [{"name": "real", "cluster": {"server": url, "insecure-skip-tls-verify": True}}],
+            "users": [{"name": "admin", "user": {"token": token}}],
+            "contexts": [{"name": "real", "context": {"cluster": "real", "user": "admin"}}]}))
+        yield kc
+    finally:
+        for proc in reversed(procs):
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        log.close()
+
+
+def test_against_a_real_kube_apiserver(daemon_factory, real_apiserver, tmp_path):
+    """The same life of a pod as above, with a real kube-apiserver (and etcd) instead of the fake."""
+    from lightkube.resources.core_v1 import Namespace, Pod
+
+    from volumemanager.kube.config import ApiServerConfig, make_client
+
+    client = make_client(ApiServerConfig(kubeconfig=str(real_apiserver)))
+    client.create(Namespace.from_dict({"metadata": {"name": "demo"}}))  # type: ignore[attr-defined]
+    host = str(tmp_path / "host")
+    client.create(Pod.from_dict(api_pod("mine", host)))  # type: ignore[attr-defined]
+    client.create(Pod.from_dict(api_pod("theirs", host, node="other-node")))  # type: ignore[attr-defined]
+    d = daemon_factory(["--kubeconfig", str(real_apiserver)])
+    assert d.cli("wait", "demo/mine", "--timeout", "60").returncode == 0
+    assert gone(d, "demo/theirs")
+    assert all(w["synced"] for w in api_source(d.status())["watches"])
+    client.delete(Pod, "mine", namespace="demo", grace_period=0)
+    wait_until(lambda: gone(d, "demo/mine"), timeout=60, what="demo/mine torn down after its deletion")
