@@ -189,6 +189,13 @@ def test_stable_lines_and_reasons():
         == ev.FAILED_ATTACH_VOLUME
     assert event_for(OperationOutcome(OperationKey("v"), "detach_volume", err, 0, 0), t) is None
     assert event_for(OperationOutcome(OperationKey("v"), "mount_volume", None, 0, 0), t) is None
+    # A plugin that names no operation of its own: the kubelet's names.
+    plain = EventTarget(POD, "v", False, "mount_volume")
+    assert event_for(OperationOutcome(OperationKey("v"), "mount_volume", err, 0, 0), plain)[2] \
+        == 'MountVolume.SetUp failed for volume "v"'
+    assert event_for(OperationOutcome(OperationKey("v"), "mount_volume", err, 0, 0),
+                     EventTarget(POD, "v", True, ""))[1:] == (ev.FAILED_MAP_VOLUME,
+                                                              'MapVolume.MapPodDevice failed for volume "v"')
 
 
 # --- volumesInUse ----------------------------------------------------------------------------

@@ -64,3 +64,30 @@ def test_driver_registration_reaches_csinode_and_the_node(tmp_path, daemon_facto
         wait_until(lambda: "csi.volume.kubernetes.io/nodeid" not in
                    (fake_apiserver.get("Node", None, NODE)["metadata"].get("annotations") or {}), what="annotation gone")
     assert d.stop() == 0
+
+
+@pytest.mark.timeout(120)
+def test_a_failing_mount_of_an_api_pod_is_one_counted_event(tmp_path, daemon_factory, fake_apiserver, kubeconfig):  # noqa: F811
+    require_root()
+    if not _daemon_has_kubeconfig():
+        pytest.skip("the daemon has no --kubeconfig flag in this tree")
+    fake_apiserver.upsert({"apiVersion": "v1", "kind": "Node", "metadata": {"name": NODE}})
+    missing = tmp_path / "not-there"
+    fake_apiserver.upsert({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web", "namespace": "default", "uid": "uid-web"},
+        "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}],
+                 "volumes": [{"name": "data", "hostPath": {"path": str(missing), "type": "Directory"}}]}})
+    d = daemon_factory(["--kubeconfig", str(kubeconfig)])
+
+    def events():
+        return [e for e in fake_apiserver.list("Event", "default") if e["involvedObject"].get("name") == "web"]
+
+    wait_until(lambda: events() and events()[0].get("count", 0) >= 2, timeout=60,
+               what=f"a FailedMount Event counted twice (log: {d.log(3000)})")
+    (e,) = events()
+    assert e["reason"] == "FailedMount" and e["type"] == "Warning"
+    assert e["involvedObject"]["uid"] == fake_apiserver.get("Pod", "default", "web")["metadata"]["uid"]
+    assert e["source"]["host"] == NODE
+    assert 'failed for volume "data"' in e["message"] and str(missing) in e["message"], e["message"]
+    assert e["message"].startswith('MountVolume.SetUp failed for volume "data": '), e["message"]
+    assert d.stop() == 0

@@ -94,7 +94,7 @@ def event_for(outcome: OperationOutcome, target: EventTarget) -> tuple[str, str,
     """(type, reason, message prefix) for an outcome, or None when the kubelet emits nothing
     (successful mounts: SuccessfulMountVolume is no longer emitted, PR #63339; tear-downs)."""
     op = outcome.operation
-    label = target.label or op
+    label = target.label if target.label and target.label != op else _kubelet_label(op, target.block)
     if outcome.error is None:
         if op == EXPAND_VOLUME:
             return ev.NORMAL, ev.FILE_SYSTEM_RESIZE_SUCCESSFUL, f'{label} succeeded for volume "{target.volume}"'
@@ -107,6 +107,15 @@ def event_for(outcome: OperationOutcome, target: EventTarget) -> tuple[str, str,
         reason = ev.FAILED_MAP_VOLUME if target.block else ev.FAILED_MOUNT
         return ev.WARNING, reason, f'{label} failed for volume "{target.volume}"'
     return None
+
+
+def _kubelet_label(operation: str, block: bool) -> str:
+    """The kubelet's name of an operation, for a plugin that names none of its own."""
+    if operation == MOUNT_VOLUME:
+        return "MapVolume.MapPodDevice" if block else "MountVolume.SetUp"
+    if operation == EXPAND_VOLUME:
+        return "NodeExpandVolume"
+    return operation
 
 
 def _is_attach(operation: str) -> bool:

@@ -3,7 +3,7 @@ one call, and the reporter knows nothing of the VolumeManager).
 
 Which pods get Events: only pods that came from the API server (a manifest pod has no object
 there to attach an Event to). The API-server source marks its pods by their origin; a pod
-whose ``DesiredPod.source`` starts with ``api`` counts as one (``is_api_pod``).
+whose ``DesiredPod.source`` starts with ``api:`` counts as one (``is_api_pod``).
 """
 
 from __future__ import annotations
@@ -19,9 +19,13 @@ if TYPE_CHECKING:
     from volumemanager.volume_manager import VolumeManager
 
 
+#: How the API-server source marks the origin of its objects (sources/apiserver.py API_ORIGIN_PREFIX).
+API_ORIGIN_PREFIX = "api:"
+
+
 def is_api_pod(source: str | None) -> bool:
     """A desired pod read from the API server (not from a manifest file)."""
-    return bool(source) and str(source).lower().startswith("api")
+    return bool(source) and str(source).startswith(API_ORIGIN_PREFIX)
 
 
 def reporter_inputs(vm: "VolumeManager") -> ReporterInputs:
