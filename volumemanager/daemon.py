@@ -35,6 +35,11 @@ class Daemon:
         self.flag_values: dict = {}
         self.notifier = SystemdNotifier()
         os.makedirs(cfg.root_dir, mode=0o750, exist_ok=True)
+        from volumemanager.root_lock import lock_root_dir
+
+        # Before anything under the root dir is read: a second daemon on it would tear down
+        # the first one's volumes as "not desired" (RootDirInUseError: exit 1).
+        self._root_lock = lock_root_dir(cfg.root_dir)
         self.metrics = metrics if metrics is not None else start_metrics(cfg.metrics_address)
         self.vm = VolumeManager(cfg, source or build_source(cfg), metrics=self.metrics)
         self.vm.on_tick = self._tick
@@ -184,6 +189,9 @@ class Daemon:
         self.vm.stop()
         self.metrics.stop()
         self._write_record(stopped=True)
+        from volumemanager.root_lock import unlock_root_dir
+
+        unlock_root_dir(self._root_lock)
         return 0
 
     def _do_reload(self) -> None:
