@@ -137,3 +137,25 @@ def test_reconstructed_spec_tears_down_a_tmpfs(env):
     assert plugin.content_generation(rebuilt, POD, host) is None
     plugin.tear_down(rebuilt, POD, "s", path)
     assert not os.path.exists(path)
+
+
+def test_with_fs_group_a_second_set_up_after_the_walk_writes_nothing(env):
+    """The files are written with the bits the fsGroup walk adds, so the walk changes only
+    their group and the next set_up of the same content compares equal."""
+    from dataclasses import replace
+
+    from mount_utils.ownership import set_volume_ownership
+
+    host, plugins, objs = env
+    plugin = plugins.find("kubernetes.io/configmap")
+    objs["configmap"][("demo", "cfg")] = {"a": b"1"}
+    spec = replace(_spec(plugin, m.ConfigMapVolumeSource("cfg", (), 0o644, False)), fs_group=4321)
+    plugin.set_up(spec, POD, "cfg", None)
+    path = plugin.mount_path(spec, POD, "cfg")
+    assert set_volume_ownership(path, 4321).complete
+    st = os.stat(os.path.join(path, "a"))
+    assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 0o664)
+    version = os.readlink(os.path.join(path, "..data"))
+    plugin.set_up(spec, POD, "cfg", None)
+    assert os.readlink(os.path.join(path, "..data")) == version
+    plugin.tear_down(spec, POD, "cfg", path)

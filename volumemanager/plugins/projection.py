@@ -19,7 +19,7 @@ import math
 import os
 import re
 import secrets
-from dataclasses import dataclass
+from dataclasses import replace
 from fractions import Fraction
 from typing import Iterable, Mapping
 
@@ -27,6 +27,7 @@ from mount_utils.atomic_writer import DATA_DIR as DATA_LINK
 from mount_utils.atomic_writer import AtomicWriteError, AtomicWriter, FileProjection
 from mount_utils.cleanup import cleanup_mount_point, remove_empty_dirs
 from mount_utils.mounter import MountError
+from mount_utils.ownership import RW_MASK as FS_GROUP_FILE_BITS
 from mount_utils.paths import PathSafetyError, safe_makedirs
 from operation_executor.errors import FinalError, UncertainError, WaitingError
 from operation_executor.executor import QUICK_LANE
@@ -273,6 +274,10 @@ class ProjectionPlugin(VolumePlugin):
             payload = self.build_payload(spec, pod.namespace, self.host)
         except ContentUnavailable as e:
             raise WaitingError(e.reason, e.waiting_for, code="CONTENT_UNAVAILABLE") from None
+        if spec.fs_group is not None:
+            # The fsGroup walk after set_up adds these bits; writing them already makes the
+            # next set_up of the same content compare equal (no new version on a restart).
+            payload = {p: replace(f, mode=f.mode | FS_GROUP_FILE_BITS) for p, f in payload.items()}
         path = self.mount_path(spec, pod, outer_name)
         mounter = self.host.mounter
         try:
