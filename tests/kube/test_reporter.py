@@ -426,19 +426,55 @@ def test_rbac_allows_every_write_the_reporter_makes(fake_apiserver, kubeconfig, 
     registry.add(_driver("b.csi.io", "node-b"))
     wait_until(lambda: _events(fake_apiserver)[0]["count"] == 2 and len(_csinode(fake_apiserver)["spec"]["drivers"]) == 2,
                what="patch and update")
-    _, allowed = _rules()
-    seen = set()
-    for req in fake_apiserver.requests:
-        segs = [s for s in req.path.split("/") if s]
-        group = "" if segs[0] == "api" else segs[1]
-        rest = segs[2:] if segs[0] == "api" else segs[3:]
-        if rest[:1] == ["namespaces"]:
-            rest = rest[2:]
-        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
-        verb = _VERBS[req.method]
-        seen.add((group, resource, verb))
-        assert (group, resource, verb) in allowed, f"RBAC does not allow {verb} {group}/{resource}"
+    seen = _check_log_against_rbac(fake_apiserver)
     assert {("", "events", "create"), ("", "events", "patch"), ("", "nodes", "get"), ("", "nodes", "patch"),
             ("", "nodes/status", "patch"), ("storage.k8s.io", "csinodes", "get"),
             ("storage.k8s.io", "csinodes", "create"), ("storage.k8s.io", "csinodes", "update")} <= seen
     executor.shutdown()
+
+
+def _check_log_against_rbac(fake) -> set:
+    """Every request in the fake's log as (group, resource, verb), each allowed by the ClusterRole.
+    A GET with ?watch is "watch", a GET of a collection "list"."""
+    _, allowed = _rules()
+    seen = set()
+    for req in fake.requests:
+        segs = [s for s in req.path.split("/") if s]
+        group = "" if segs[0] == "api" else segs[1]
+        rest = segs[2:] if segs[0] == "api" else segs[3:]
+        if rest[:1] == ["namespaces"] and len(rest) > 2:
+            rest = rest[2:]
+        resource = rest[0] + (f"/{rest[2]}" if len(rest) > 2 else "")
+        verb = _VERBS[req.method]
+        if verb == "get" and len(rest) == 1:
+            verb = "watch" if req.query.get("watch") in ("1", "true") else "list"
+        seen.add((group, resource, verb))
+        assert (group, resource, verb) in allowed, f"RBAC does not allow {verb} {group}/{resource}"
+    return seen
+
+
+def test_rbac_allows_every_read_of_the_api_source(fake_apiserver, kubeconfig):  # noqa: F811
+    """The API-server source (pods of this node, claims, volumes, classes, drivers, attachments,
+    referenced Secrets and ConfigMaps), run against the fake: each request it made is allowed."""
+    from volumemanager.sources.apiserver import ApiServerSource
+
+    fake_apiserver.upsert({"kind": "Secret", "apiVersion": "v1", "metadata": {"name": "s", "namespace": "demo"},
+                           "data": {}})
+    fake_apiserver.upsert({"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": "cm", "namespace": "demo"},
+                           "data": {"a": "b"}})
+    fake_apiserver.upsert({"kind": "Pod", "apiVersion": "v1", "metadata": {"name": "p", "namespace": "demo"},
+                           "spec": {"nodeName": NODE, "containers": [{"name": "c", "image": "busybox"}],
+                                    "volumes": [{"name": "s", "secret": {"secretName": "s"}},
+                                                {"name": "c", "configMap": {"name": "cm"}}]},
+                           "status": {"phase": "Running"}})
+    client = make_client(ApiServerConfig(kubeconfig=str(kubeconfig)), timeout=5.0)
+    src = ApiServerSource(client, NODE)
+    src.start(lambda: None)
+    try:
+        wait_until(lambda: ("demo", "s") in (snap := src.snapshot()).secrets and ("demo", "cm") in snap.configmaps,
+                   what="the referenced Secret and ConfigMap")
+    finally:
+        src.stop()
+        client.close()
+    seen = _check_log_against_rbac(fake_apiserver)
+    assert {("", "pods", "list"), ("", "pods", "watch"), ("", "secrets", "watch")} <= seen, seen
