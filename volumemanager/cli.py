@@ -314,7 +314,7 @@ def cmd_wait(args) -> int:
             time.sleep(WAIT_CONNECT_RETRY_SECONDS)
     if body.get("mounted"):
         return ec.OK
-    if not body.get("found", True):
+    if not body.get("found", True) and not body.get("desired_state_unknown"):
         _print_explanation(body)
         return ec.NO_SUCH_POD
     print(f"timed out after {args.timeout:g}s waiting for {args.pod}:")

@@ -81,6 +81,9 @@ class Daemon:
         mounted = self.vm.wait_for_mount(pod, max(0.0, deadline - time.monotonic()))
         body = self._explain(pod)
         body["mounted"] = bool(mounted)
+        # Timed out before the desired state was read whole (a failed source): "no such pod"
+        # is not known, so the client reports a timeout (exit 1), not exit 2.
+        body["desired_state_unknown"] = not self.vm.populator.has_added_pods
         return body
 
     def _pod_known(self, pod: str, deadline: float) -> bool:

@@ -44,3 +44,20 @@ def test_dir_back_empty_after_a_failed_start_tears_down_at_once_and_counts(daemo
     assert "desired state read whole again: 4 volumes of 2 pods on the node are not desired" in d.log()
     assert not any(_volume(d, uid, "disk").exists() for uid in UIDS)
     assert not (d.root / "pods").exists() or not any((d.root / "pods").iterdir()), "pod dirs left behind"
+
+
+def test_wait_on_an_unknown_pod_while_the_source_is_failed_times_out_and_is_not_no_such_pod(daemon_factory):
+    """While the manifest dir cannot be read, whether a pod exists is not known: ``wait`` times
+    out (exit 1, with the failed source in its explanation), never "no such pod" (exit 2).
+    Once the dir is read whole, the answer is exit 2 at once."""
+    d = daemon_factory(start=False)
+    d.manifests.rmdir()
+    d.start()
+    r = d.cli("wait", "demo/nope", "--timeout", "2", check=False)
+    assert r.returncode == 1, (r.stdout, r.stderr)
+    assert r.stdout.startswith("timed out after 2s waiting for demo/nope:")
+    assert f"manifest-dir:{d.manifests} failed since" in r.stdout
+    d.manifests.mkdir()
+    wait_until(lambda: _source(d)["state"] == "synced", 10, what="the source to be read whole")
+    r = d.cli("wait", "demo/nope", "--timeout", "30", check=False)
+    assert r.returncode == 2 and "no pod demo/nope in the desired state" in r.stdout, (r.stdout, r.stderr)
