@@ -210,7 +210,7 @@ class OperationGenerator:
         else:
             def walk():
                 try:
-                    res = set_volume_ownership(mount_path, gid, policy, read_only=False,
+                    res = set_volume_ownership(mount_path, gid, policy, read_only=plugin.fs_group_read_only_bits,
                                                workers=plugin.fs_group_walk_workers,
                                                timeout=FS_GROUP_WALK_TIMEOUT_SECONDS)
                 except OwnershipError as e:

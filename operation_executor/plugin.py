@@ -241,6 +241,11 @@ class VolumePlugin(ABC):
     # for the server, sets more.
     fs_group_walk_workers: int | None = None
 
+    # Whether the fsGroup walk gives this plugin's files the read-only bits (``|0440``) rather
+    # than ``|0660``: the kubelet's ``GetAttributes().ReadOnly`` of the plugins that write their
+    # files themselves (configMap, secret, downwardAPI, projected), whose views pods only read.
+    fs_group_read_only_bits: bool = False
+
     # --- optional capabilities ------------------------------------------------------------
 
     def expand(self, spec: VolumeSpec, device_path: str | None, device_mount_path: str | None) -> int | None:

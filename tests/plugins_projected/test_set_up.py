@@ -140,8 +140,9 @@ def test_reconstructed_spec_tears_down_a_tmpfs(env):
 
 
 def test_with_fs_group_a_second_set_up_after_the_walk_writes_nothing(env):
-    """The files are written with the bits the fsGroup walk adds, so the walk changes only
-    their group and the next set_up of the same content compares equal."""
+    """The files are written with the read-only group bits the fsGroup walk adds to these
+    views (the kubelet's roMask: a pod only reads them), so the walk changes only their group
+    and the next set_up of the same content compares equal."""
     from dataclasses import replace
 
     from mount_utils.ownership import set_volume_ownership
@@ -152,9 +153,9 @@ def test_with_fs_group_a_second_set_up_after_the_walk_writes_nothing(env):
     spec = replace(_spec(plugin, m.ConfigMapVolumeSource("cfg", (), 0o644, False)), fs_group=4321)
     plugin.set_up(spec, POD, "cfg", None)
     path = plugin.mount_path(spec, POD, "cfg")
-    assert set_volume_ownership(path, 4321).complete
+    assert set_volume_ownership(path, 4321, read_only=plugin.fs_group_read_only_bits).complete
     st = os.stat(os.path.join(path, "a"))
-    assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 0o664)
+    assert (st.st_gid, stat.S_IMODE(st.st_mode)) == (4321, 0o644)
     version = os.readlink(os.path.join(path, "..data"))
     plugin.set_up(spec, POD, "cfg", None)
     assert os.readlink(os.path.join(path, "..data")) == version

@@ -27,7 +27,7 @@ from mount_utils.atomic_writer import DATA_DIR as DATA_LINK
 from mount_utils.atomic_writer import AtomicWriteError, AtomicWriter, FileProjection
 from mount_utils.cleanup import cleanup_mount_point, remove_empty_dirs
 from mount_utils.mounter import MountError
-from mount_utils.ownership import RW_MASK as FS_GROUP_FILE_BITS
+from mount_utils.ownership import RO_MASK as FS_GROUP_FILE_BITS
 from mount_utils.paths import PathSafetyError, safe_makedirs
 from operation_executor.errors import FinalError, UncertainError, WaitingError
 from operation_executor.executor import QUICK_LANE
@@ -243,6 +243,10 @@ class ProjectionPlugin(VolumePlugin):
         if spec.source is None:
             return None  # a spec rebuilt from disk: only ever torn down
         return content_token(lambda: self.build_payload(spec, pod.namespace, objects))
+
+    # Pods only read these views: like the kubelet (GetAttributes().ReadOnly), the walk adds
+    # the read-only group bits, so a secret file stays 0440 for the group, never 0660.
+    fs_group_read_only_bits = True
 
     def fs_group_mode(self, spec: VolumeSpec) -> str | None:
         """The files are ours: the fsGroup walk runs after each set_up (it changes only what
