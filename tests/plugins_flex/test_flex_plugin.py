@@ -82,3 +82,20 @@ def test_a_restart_finds_staged_devices_by_the_layout(tmp_path, flex_dirs):
     assert staged[1].volume_id == flex.volume_id(_spec(LOOPDISK, "pv1"), POD)
     assert staged[1].device_mount_path == flex.device_mount_path(_spec(LOOPDISK, "pv1"))
     assert reg.find_for_pod_dir("test~loopdisk") is flex
+
+
+def test_fs_group_is_walked_by_default_and_passed_to_mount(tmp_path, flex_dirs):
+    """The kubelet's defaults: init capabilities say fsGroup true unless the driver says
+    otherwise, and ``mount`` gets the group as ``kubernetes.io/mounterArgs.FsGroup``."""
+    from dataclasses import replace
+
+    from operation_executor.plugin import FS_GROUP_WALK
+
+    plugin_dir, work_dir, root, prober, reg = _setup(tmp_path, flex_dirs)
+    flex = reg.find(PLUGIN_NAME)
+    install_driver(plugin_dir, TMPFS, work_dir)
+    prober.probe()
+    spec = replace(_spec(TMPFS), fs_group=2345)
+    assert flex.fs_group_mode(spec) == FS_GROUP_WALK
+    assert flex._options(spec, POD)["kubernetes.io/mounterArgs.FsGroup"] == "2345"
+    assert "kubernetes.io/mounterArgs.FsGroup" not in flex._options(spec)  # only mount gets it

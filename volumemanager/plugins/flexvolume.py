@@ -47,7 +47,7 @@ from mount_utils.cleanup import cleanup_mount_point
 from mount_utils.format import FilesystemMismatchError, FormatError, RefuseToFormatError, format_and_mount
 from mount_utils.paths import PathSafetyError, safe_makedirs
 from operation_executor.errors import FinalError, OperationError, UncertainError, WaitingError
-from operation_executor.plugin import PluginHost, StagedDevice, VolumePlugin
+from operation_executor.plugin import FS_GROUP_WALK, PluginHost, StagedDevice, VolumePlugin
 from operation_executor.types import BLOCK, PodRef, SecretRef, VolumeSpec
 from volumemanager.manifests.models import FlexVolumeSource
 from volumemanager.plugins.flexvolume_driver import (
@@ -164,6 +164,7 @@ class FlexVolumePlugin(VolumePlugin):
                 pod_uid=pod.uid if pod is not None else None,
                 service_account_name="" if pod is not None else None,
                 secrets=secrets,
+                fs_group=spec.fs_group if pod is not None else None,
                 user_options=dict(src.options or {}),
             )
         except ValueError as e:
@@ -367,6 +368,20 @@ class FlexVolumePlugin(VolumePlugin):
             from volumemanager.plugins.fsutil import teardown_error
 
             raise teardown_error(path, err, f"{what} at {path}") from None
+
+    # --- fsGroup ----------------------------------------------------------------------------
+
+    def fs_group_mode(self, spec: VolumeSpec) -> str | None:
+        """The kubelet walks a FlexVolume for fsGroup after ``mount`` unless the driver's
+        ``init`` said ``fsGroup: false`` (the default is true); it also gets the group in the
+        options (``kubernetes.io/mounterArgs.FsGroup``)."""
+        driver = self.drivers.get(self._source(spec).driver)
+        if driver is not None and not driver.capabilities.fs_group:
+            return None
+        return FS_GROUP_WALK
+
+    def fs_group_skip_reason(self, spec: VolumeSpec) -> str:
+        return f"FlexVolume driver {self._source(spec).driver} said fsGroup: false in its init capabilities"
 
     # --- pod layer ------------------------------------------------------------------------
 
