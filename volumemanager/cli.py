@@ -258,11 +258,43 @@ def print_status_table(data: dict, wide: bool = False) -> None:
     section("mounts under the root dir that may or may not be desired:",
             [f"{o['mount_path']}: {o['reason']}" for o in data.get("unclassified_mounts", [])])
     section("CSI drivers:", [f"{d['name']} at {d['endpoint']} ({', '.join(d.get('capabilities', [])) or 'no capabilities'})"
-                             for d in data.get("drivers", [])])
+                             + _controller_part(d) for d in data.get("drivers", [])])
+    # Claims the controller side handles (provisioned, pending on a class, released); a claim
+    # bound in the manifests is already in its volume's row.
+    section("claims:", [_claim_line(c) for c in data.get("claims", [])
+                        if c.get("provisioned_by") or c.get("phase") in ("Pending", "Released")])
     section("manifest errors:", [str(e.get("text") or e) if isinstance(e, dict) else str(e)
                                  for e in data.get("manifest_errors", [])])
     section("desired-state sources not read whole (nothing is torn down until they are):",
             [_source_line(src) for src in data.get("sources", []) if src.get("state") != "synced"])
+
+
+def _controller_part(d: dict) -> str:
+    """"; controller at E (CREATE_DELETE_VOLUME, ...)" for a driver with a Controller service."""
+    if not d.get("controller_endpoint"):
+        return ""
+    caps = ", ".join(d.get("controller_capabilities") or []) or "no capabilities"
+    where = "" if d["controller_endpoint"] == d.get("endpoint") else f" at {d['controller_endpoint']}"
+    return f"; controller{where} ({caps})"
+
+
+def _claim_line(c: dict) -> str:
+    """One claim of status --json ``claims`` for the status table."""
+    line = f"{c.get('claim') or '?'}: {c.get('phase')}"
+    if c.get("pv"):
+        line += f" {c['pv']}"
+    if c.get("volume_handle"):
+        line += f" (volume {c['volume_handle']})"
+    if c.get("in_progress"):
+        line += f"; {c['in_progress']} in progress"
+    err = c.get("last_error")
+    if err:
+        line += f"; {err.get('operation')} failed with {err.get('code')}: {err.get('message')}"
+        if c.get("next_retry_seconds") is not None:
+            line += f" (retry in {c['next_retry_seconds']:.0f} s)"
+    elif c.get("waiting_for"):
+        line += f"; waiting for {c['waiting_for']}"
+    return line
 
 
 def _source_line(src: dict) -> str:

@@ -165,7 +165,9 @@ def test_retain_keeps_the_volume_and_shows_released(daemon_factory, csi_loop):
     wait_until(lambda: [c["phase"] for c in d.status()["claims"]] == ["Released"], 15, what="Released")
     c = d.status()["claims"][0]
     assert c["claim"] == "demo/data" and c["reclaim_policy"] == "Retain" and c["volume_handle"]
-    d.cli("status")  # the table still prints
+    table = d.cli("status").stdout
+    assert "demo/data: Released pvc-c0ffee00-0000-4000-8000-000000000001" in table, table
+    assert "; controller (" in table and "CREATE_DELETE_VOLUME" in table, table
     assert plugin.calls("DeleteVolume") == []
     assert len(controller_volumes(plugin)) == 1
     wait_until(lambda: not d.mounts(), 15, what="nothing mounted")
