@@ -34,6 +34,10 @@ class Daemon:
         # so that flags still win (a --log-level flag is not reset by a file without one).
         self.flag_values: dict = {}
         self.notifier = SystemdNotifier()
+        if metrics is None and cfg.metrics_address and cfg.metrics_address.strip():
+            from volumemanager.metrics import parse_address
+
+            parse_address(cfg.metrics_address)  # a bad value stops the start before anything is made
         os.makedirs(cfg.root_dir, mode=0o750, exist_ok=True)
         from volumemanager.root_lock import lock_root_dir
 
@@ -247,6 +251,7 @@ def _limit_malloc_arenas() -> None:
 
 def run_daemon(flag_values: dict) -> int:
     from volumemanager.logs import setup_logging
+    from volumemanager.metrics import MetricsError
 
     _limit_malloc_arenas()
     try:
@@ -254,7 +259,7 @@ def run_daemon(flag_values: dict) -> int:
         setup_logging(cfg.log_format, cfg.log_level)
         daemon = Daemon(cfg)
         daemon.flag_values = dict(flag_values)
-    except (ConfigError, AdminError, OSError, ValueError) as e:
+    except (ConfigError, AdminError, OSError, ValueError, MetricsError) as e:
         print(f"volumemanager: {e}", file=sys.stderr)
         return 1
     signal.signal(signal.SIGTERM, daemon.request_stop)

@@ -52,3 +52,27 @@ def test_offline_table_never_shows_an_unmounted_volume_as_a_bare_path(tmp_path):
     (row,) = [line for line in r.stdout.splitlines() if line.startswith("demo/web")]
     path = f"{tmp_path}/root/pods/"
     assert f"not mounted at {path}" in row and row.endswith("(why, and what comes next, only the daemon knows)"), row
+
+
+def test_a_bad_or_busy_metrics_address_is_one_line_and_exit_1(tmp_path):
+    """Not a traceback; a malformed address creates nothing under the root dir."""
+    import socket
+
+    root = tmp_path / "root"
+    common = ["--root-dir", str(root), "--socket", str(tmp_path / "vm.sock"), "--manifest-dir", str(tmp_path)]
+    r = subprocess.run([sys.executable, "-m", "volumemanager", "daemon", *common, "--metrics-address", "nonsense"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 1 and r.stderr == "volumemanager: --metrics-address 'nonsense': expected HOST:PORT\n", r.stderr
+    assert not root.exists()
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        address = f"127.0.0.1:{busy.getsockname()[1]}"
+        r = subprocess.run([sys.executable, "-m", "volumemanager", "daemon", *common, "--metrics-address", address],
+                           capture_output=True, text=True, timeout=30)
+    finally:
+        busy.close()
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.startswith(f"volumemanager: --metrics-address '{address}': cannot listen")
+    assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "vm.sock").exists()
