@@ -284,6 +284,12 @@ class LocalPlugin(VolumePlugin):
                                      code="INVALID_LOCAL_PATH")
                 raise WaitingError(f"waiting for directory {source}", waiting_for=f"directory {source}",
                                    code="DIRECTORY_NOT_FOUND")
+            # As for a hostPath: a directory in the daemon's own tree would hand a pod other
+            # pods' volumes (pods/), or the staged devices (plugins/).
+            real, root = os.path.realpath(source), os.path.realpath(self.host.root_dir)
+            if real == root or real.startswith(root.rstrip("/") + "/"):
+                raise FinalError(f"local PV {spec.name}: {source} is inside the daemon's root dir "
+                                 f"{self.host.root_dir}", code="INVALID_LOCAL_PATH")
         self._makedirs(target)
         self._bind(source, target, spec)
 
