@@ -106,6 +106,10 @@ def test_immediate_provision_then_data_survives_pods_then_delete_in_order(daemon
     assert pv["kind"] == "PersistentVolume" and pv["spec"]["csi"]["volumeHandle"] == c["volume_handle"]
     assert pv["metadata"]["annotations"]["pv.kubernetes.io/provisioned-by"] == DRIVER
     assert pv["spec"]["claimRef"]["name"] == "data" and pv["spec"]["persistentVolumeReclaimPolicy"] == "Delete"
+    # The driver has VOLUME_ACCESSIBILITY_CONSTRAINTS: this node's segment (NodeGetInfo) was the
+    # requisite topology, and the volume's accessible topology became the PV's node affinity.
+    term = pv["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]
+    assert term == {"key": "topology.csi-loop.test/node", "operator": "In", "values": ["node1"]}
     create = plugin.calls("CreateVolume")
     assert len(create) == 1
 
