@@ -249,3 +249,17 @@ def test_combined_source_keeps_each_source_and_its_health(fake_apiserver, source
         assert [h.ok for h in combined.healths()] == [True, False]
     finally:
         manifests.stop()
+
+
+def test_resync_relists_every_kind_without_a_failure_and_stop_is_prompt(fake_apiserver, source):  # noqa: F811
+    src, _ = source
+    fake_apiserver.upsert(api_pod("a"))
+    wait_until(lambda: src.health().ok and pod_names(src) == {"default/a"}, timeout=10)
+    lists = {s.kind: s.lists for s in src.watch_states()}
+    src.resync()
+    wait_until(lambda: all(s.lists > lists[s.kind] for s in src.watch_states()), timeout=10)
+    assert src.health().ok and src.health().failed_since is None
+    t0 = time.monotonic()
+    src.stop()
+    assert time.monotonic() - t0 < 1.0, "stop must not wait for open watches to time out"
+    assert not [t for t in threading.enumerate() if t.name.startswith("reflector-") and t.is_alive()]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import random
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -139,14 +140,13 @@ class Reflector:
         self._thread.start()
         return self
 
-    def stop(self, timeout: float = 2.0) -> None:
+    def signal_stop(self) -> None:
+        """Ask the thread to end (it does within a moment); ``stop`` also waits for it."""
         self._stop.set()
-        response = self._response
-        if response is not None:
-            try:
-                response.close()
-            except Exception:  # closing from another thread is best effort; the thread is a daemon
-                pass
+        self._interrupt()
+
+    def stop(self, timeout: float = 2.0) -> None:
+        self.signal_stop()
         t = self._thread
         if t is not None and t is not threading.current_thread():
             t.join(timeout)
@@ -154,12 +154,21 @@ class Reflector:
     def relist(self) -> None:
         """List again at the next chance (SIGHUP): ends the current watch."""
         self._relist_now = True
+        self._interrupt()
+
+    def _interrupt(self) -> None:
+        """End the open watch now: a read blocked in another thread is not woken by closing
+        the response, so the socket under it is shut down (httpcore hands it out as the
+        response's ``network_stream``)."""
         response = self._response
-        if response is not None:
-            try:
-                response.close()
-            except Exception:
-                pass
+        if response is None:
+            return
+        try:
+            sock = response.extensions["network_stream"].get_extra_info("socket")
+            if sock is not None:
+                sock.shutdown(socket.SHUT_RDWR)
+        except Exception:  # gone already, or a transport without a socket: the timeout ends it
+            log.debug("%s: interrupting the watch failed", self.spec.name, exc_info=True)
 
     def items(self) -> dict[ObjKey, Obj]:
         with self._lock:
@@ -198,6 +207,8 @@ class Reflector:
             except Exception as e:  # unreachable, 401/403, dropped, bad reply: back off, then retry
                 if self._stop.is_set():
                     return
+                if self._relist_now:  # we ended the watch ourselves (resync): list at once
+                    continue
                 if _is_gone(e):
                     need_list = True
                 self._fail(describe_error(e))

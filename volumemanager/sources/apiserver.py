@@ -141,7 +141,10 @@ class ApiServerSource:
             if self._timer is not None:
                 self._timer.cancel()
         for r in reflectors:
-            r.stop(timeout=0.5)
+            r.signal_stop()
+        deadline = time.monotonic() + 2.0
+        for r in reflectors:
+            r.stop(timeout=max(0.0, deadline - time.monotonic()))
 
     def snapshot(self) -> m.Snapshot:
         return self._snapshot
