@@ -263,3 +263,26 @@ def test_resync_relists_every_kind_without_a_failure_and_stop_is_prompt(fake_api
     src.stop()
     assert time.monotonic() - t0 < 1.0, "stop must not wait for open watches to time out"
     assert not [t for t in threading.enumerate() if t.name.startswith("reflector-") and t.is_alive()]
+
+
+def test_bookmarks_advance_the_resource_version_and_volume_attachments_are_this_nodes(fake_apiserver, source):  # noqa: F811
+    src, _ = source
+    wait_until(lambda: src.health().ok, timeout=10)
+    # Changes the watches do not see (another kind) move the server's version on; a bookmark
+    # brings each idle watch up to it, so a reconnect does not start from an old version.
+    for i in range(3):
+        fake_apiserver.upsert({"kind": "Namespace", "apiVersion": "v1", "metadata": {"name": f"ns{i}"}})
+    rv = str(fake_apiserver.resource_version)
+    assert any(s.resource_version != rv for s in src.watch_states())
+    fake_apiserver.send_bookmarks()
+    wait_until(lambda: all(s.resource_version == rv for s in src.watch_states()), timeout=10)
+    assert fake_apiserver.requests_matching("GET", "/pods", allowWatchBookmarks="true")
+
+    def va(name: str, node: str) -> dict:
+        return {"kind": "VolumeAttachment", "apiVersion": "storage.k8s.io/v1", "metadata": {"name": name},
+                "spec": {"attacher": "csi.example.com", "nodeName": node, "source": {"persistentVolumeName": "pv"}}}
+
+    fake_apiserver.upsert(va("here", NODE))
+    fake_apiserver.upsert(va("there", "node-b"))
+    wait_until(lambda: "here" in src.volume_attachments(), timeout=10)
+    assert "there" not in src.volume_attachments()

@@ -177,6 +177,12 @@ class ApiServerSource:
             reflectors = list(self._reflectors.values()) + [self._objects[k] for k in sorted(self._objects)]
         return [r.state() for r in reflectors]
 
+    def volume_attachments(self) -> dict[str, Obj]:
+        """This node's VolumeAttachments by name, as the API has them (for attach-aware callers:
+        a CSI driver with attachRequired waits for ``status.attached``)."""
+        r = self._reflectors.get("volumeattachments")
+        return {key[1]: obj for key, obj in (r.items() if r is not None else {}).items()}
+
     # -- internals -----------------------------------------------------------------------------
 
     def _changed(self, reflector: Reflector, keys: set[ObjKey]) -> None:
