@@ -187,11 +187,20 @@ class VolumeManager:
 
     def _volumes_in_use(self) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
         """The controller's narrow view of the node: PV names and (driver, handle) pairs that a
-        pod view, a stage or a desired pod still has. A volume in it is never deleted."""
+        pod view, a stage (known or on disk) or a desired pod still has. A volume in it is never
+        deleted; the name ``*`` means "cannot tell: every volume is in use"."""
         from volumemanager.manifests.models import CSISource
 
         specs = [mv.spec for mv in self.asw.mounted_volumes()] + [av.spec for av in self.asw.attached_volumes()]
         specs += [v.spec for v in self.dsw.volumes_to_mount()]
+        # Stages on disk too (their record is written before NodeStage starts and removed after
+        # NodeUnstage): a stage in flight is not in the actual state yet, and must count.
+        for plugin in self.plugins.plugins():
+            try:
+                specs += [staged.spec for staged in plugin.find_staged_devices()]
+            except OSError as e:
+                log.warning("cannot list the stages of %s (volumes are kept): %s", plugin.name, e)
+                return frozenset({"*"}), frozenset()
         names: set[str] = set()
         handles: set[tuple[str, str]] = set()
         for spec in specs:

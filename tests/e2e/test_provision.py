@@ -266,3 +266,18 @@ def test_sigkill_during_create_volume_then_claim_removed_before_restart_deletes_
     wait_until(lambda: controller_volumes(plugin) == {}, 15, what="no volume left in the driver")
     assert {c.get("name") for c in plugin.calls("CreateVolume")} == {"pvc-c0ffee00-0000-4000-8000-000000000001"}
     wait_until(lambda: d.status()["claims"] == [], 15, what="no record left")
+
+
+def test_claim_removed_while_node_stage_is_in_flight_deletes_only_after_unstage(daemon_factory, csi_loop):
+    d = daemon_factory(extra_args=["--csi-timeout", "20"])
+    plugin = csi_loop(extra_args=CONTROLLER_ARGS)
+    registered(d)
+    plugin.set_fault("NodeStageVolume", sleep=3, count=1)
+    d.write_manifest("sc.yaml", docs(storage_class(), claim(), *pods_on_claim("data", ("app",))))
+    wait_until(lambda: plugin.calls("NodeStageVolume"), 20, what="NodeStage in flight")
+    d.write_manifest("sc.yaml", storage_class())  # claim and pod gone while the stage runs
+    wait_until(lambda: plugin.calls("DeleteVolume"), 40, what="DeleteVolume")
+    order = methods(plugin, NODE_AND_CONTROLLER)
+    assert order.index("NodeUnstageVolume") < order.index("DeleteVolume"), order
+    wait_until(lambda: controller_volumes(plugin) == {}, 15, what="the volume deleted")
+    wait_until(lambda: not d.mounts(), 15, what="nothing mounted")

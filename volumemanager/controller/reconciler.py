@@ -156,8 +156,13 @@ class ControllerReconciler:
         return {d.name: dc.DriverView(d.controller_endpoint is not None, d.controller_capabilities)
                 for d in self._drivers.list()}
 
-    def _in_use_names(self, records: dict[str, m.PersistentVolume]) -> frozenset[str]:
+    def _in_use_names(self, records: dict[str, m.PersistentVolume], snap: m.Snapshot) -> frozenset[str]:
+        live = {c.uid for c in snap.pvcs.values()}
+        if all(pv.annotations.get(dc.ANN_CLAIM_UID) in live for pv in records.values()):
+            return frozenset()  # nothing released: no need to look at the node
         names, handles = self._in_use()
+        if "*" in names:
+            return frozenset(records)
         used = set(names)
         for name, pv in records.items():
             src = pv.source
@@ -169,8 +174,9 @@ class ControllerReconciler:
         records = self._records.all()
         with self._cond:
             background = {name: sc.provisioner for name, (_, sc) in self._background.items()}
-        return dc.decide(self._source.raw_snapshot(), records, self._driver_views(),
-                         self._in_use_names(records), self._ready_to_delete(), background)
+        snap = self._source.raw_snapshot()
+        return dc.decide(snap, records, self._driver_views(), self._in_use_names(records, snap),
+                         self._ready_to_delete(), background)
 
     def reconcile(self) -> list[dc.ControllerAction]:
         self.passes += 1
