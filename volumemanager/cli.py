@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     w = cmd("wait", "block until every volume of the pod is mounted")
     w.add_argument("pod", metavar="NAMESPACE/POD")
-    w.add_argument("--timeout", type=float, default=120.0, metavar="SECONDS",
+    w.add_argument("--timeout", type=seconds, default=120.0, metavar="SECONDS",
                    help="give up after this long, also while no daemon answers yet")
 
     pl = cmd("plan", "what the reconciler would do next, without doing it")
@@ -146,6 +146,17 @@ def _socket(args) -> str:
 
 def _root(args) -> str:
     return args.root_dir or DEFAULT_ROOT_DIR
+
+
+def seconds(text: str) -> float:
+    """argparse type of a ``--timeout``: a number of seconds, not negative (nor nan/inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of seconds: {text!r}") from None
+    if not (0 <= value < float("inf")):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds >= 0, got {text!r}")
+    return value
 
 
 def _call(args, method: str, timeout: float | None = 30.0, **params):

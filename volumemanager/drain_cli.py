@@ -52,7 +52,9 @@ def add_subcommands(cmd) -> None:
     d = cmd("drain", "take the node out of service: stop mounting, tear every volume down, wait until clean")
     d.epilog = DRAIN_EPILOG
     d.add_argument("--dry-run", action="store_true", help="list the teardown steps without draining")
-    d.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
+    from volumemanager.cli import seconds
+
+    d.add_argument("--timeout", type=seconds, default=DEFAULT_TIMEOUT_SECONDS, metavar="SECONDS",
                    help=f"give up waiting after this long and exit 1 (default {DEFAULT_TIMEOUT_SECONDS:g}); "
                         "the node stays drained")
     d.add_argument("--json", action="store_true", help="no live view: print the final progress as JSON")

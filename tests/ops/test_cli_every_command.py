@@ -76,3 +76,11 @@ def test_a_bad_or_busy_metrics_address_is_one_line_and_exit_1(tmp_path):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.startswith(f"volumemanager: --metrics-address '{address}': cannot listen")
     assert len(r.stderr.strip().splitlines()) == 1 and not (tmp_path / "vm.sock").exists()
+
+
+def test_a_negative_or_non_numeric_timeout_is_a_usage_error(tmp_path):
+    for command in (["wait", "demo/web"], ["drain"]):
+        for bad in ("-5", "nan", "abc"):
+            r = subprocess.run([sys.executable, "-m", "volumemanager", *command, "--timeout", bad,
+                                "--socket", str(tmp_path / "none.sock")], capture_output=True, text=True, timeout=30)
+            assert r.returncode == 2 and "argument --timeout" in r.stderr, (command, bad, r.stderr)
