@@ -281,3 +281,22 @@ def test_claim_removed_while_node_stage_is_in_flight_deletes_only_after_unstage(
     assert order.index("NodeUnstageVolume") < order.index("DeleteVolume"), order
     wait_until(lambda: controller_volumes(plugin) == {}, 15, what="the volume deleted")
     wait_until(lambda: not d.mounts(), 15, what="nothing mounted")
+
+
+def test_explain_names_a_missing_driver_and_a_refused_parameter(daemon_factory, csi_loop):
+    d = daemon_factory(extra_args=["--csi-timeout", "20"])
+    absent = storage_class().replace(f"provisioner: {DRIVER}", "provisioner: csi.absent.example")
+    d.write_manifest("sc.yaml", docs(absent, claim(), *pods_on_claim("data", ("app",))))
+    wait_until(lambda: (claims(d).get("demo/data") or {}).get("waiting_for"), 15, what="the claim waiting")
+    out = d.cli("explain", "demo/app", check=False).stdout
+    assert "claim demo/data is Pending" in out and "waiting for CSI driver csi.absent.example to register" in out, out
+
+    plugin = csi_loop(extra_args=CONTROLLER_ARGS)
+    registered(d)
+    bad = storage_class().replace("  csi.storage.k8s.io/fstype: ext4", "  csi.storage.k8s.io/fstype: ext4\n"
+                                  "  csi.storage.k8s.io/bogus: x")
+    d.write_manifest("sc.yaml", docs(bad, claim(), *pods_on_claim("data", ("app",))))
+    wait_until(lambda: (claims(d).get("demo/data") or {}).get("last_error"), 15, what="the refused class")
+    out = d.cli("explain", "demo/app", check=False).stdout
+    assert "CreateVolume failed with INVALID_PARAMETER" in out and "reserved namespace" in out, out
+    assert plugin.calls("CreateVolume") == [], "a refused request never reaches the driver"
