@@ -286,3 +286,18 @@ def test_bookmarks_advance_the_resource_version_and_volume_attachments_are_this_
     fake_apiserver.upsert(va("there", "node-b"))
     wait_until(lambda: "here" in src.volume_attachments(), timeout=10)
     assert "there" not in src.volume_attachments()
+
+
+def test_retries_back_off_exponentially(fake_apiserver, source):  # noqa: F811
+    src, _ = source
+    wait_until(lambda: src.health().ok, timeout=10)
+    fake_apiserver.set_auth_failure(403)
+    fake_apiserver.drop_watches()
+    wait_until(lambda: "403" in (src.health().error or ""), timeout=10)
+    before = len(fake_apiserver.requests)
+    time.sleep(3.0)
+    tries = len(fake_apiserver.requests) - before
+    # 6 kinds; without growing delays (0.1-0.2 s each) that would be ~120 requests in 3 s.
+    assert tries < 60, f"{tries} requests in 3 s while refused: the backoff does not grow"
+    fake_apiserver.set_auth_failure(None)
+    wait_until(lambda: src.health().ok, timeout=40)

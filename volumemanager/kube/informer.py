@@ -103,6 +103,10 @@ def describe_error(e: BaseException) -> str:
 class _Relist(Exception):
     """The watch cannot continue from its version (ERROR 410, or another ERROR event)."""
 
+    def __init__(self, message: str, code: Any) -> None:
+        super().__init__(message)
+        self.code = code
+
 
 class Reflector:
     """Keeps ``items()`` equal to the server's objects of one kind; one thread."""
@@ -132,6 +136,7 @@ class Reflector:
         self._response: Any = None
         self._thread: Optional[threading.Thread] = None
         self._relist_now = False
+        self._failures = 0  # in a row, since the last list or watch that worked: the backoff's exponent
 
     # -- public ------------------------------------------------------------------------------
 
@@ -190,7 +195,6 @@ class Reflector:
     # -- the loop ----------------------------------------------------------------------------
 
     def _run(self) -> None:
-        failures = 0
         need_list = True
         while not self._stop.is_set():
             try:
@@ -198,12 +202,12 @@ class Reflector:
                     self._relist_now = False
                     self._list()
                     need_list = False
-                failures = 0
                 self._watch()  # returns when the server ends the watch cleanly
             except _Relist as e:
                 need_list = True
                 self._fail(str(e))
-                continue  # relist at once: the server asked for it
+                if e.code != 410:  # 410: the version is too old, list at once; else the server is unwell
+                    self._backoff()
             except Exception as e:  # unreachable, 401/403, dropped, bad reply: back off, then retry
                 if self._stop.is_set():
                     return
@@ -212,13 +216,18 @@ class Reflector:
                 if _is_gone(e):
                     need_list = True
                 self._fail(describe_error(e))
-                failures += 1
-                delay = min(self._backoff_max, self._backoff_initial * (2 ** min(failures - 1, 16)))
-                delay *= 0.5 + random.random() / 2  # jitter: a restarted apiserver is not hit by every node at once
-                log.debug("%s: retrying in %.2f s", self.spec.name, delay)
-                self._stop.wait(delay)
+                self._backoff()
             finally:
                 self._watching = False
+
+    def _backoff(self) -> None:
+        """Wait before the next try: exponential in the failures since the last list or watch
+        that worked, jittered so that a restarted API server is not hit by every node at once."""
+        self._failures += 1
+        delay = min(self._backoff_max, self._backoff_initial * (2 ** min(self._failures - 1, 16)))
+        delay *= 0.5 + random.random() / 2
+        log.debug("%s: retrying in %.2f s", self.spec.name, delay)
+        self._stop.wait(delay)
 
     def _fail(self, message: str) -> None:
         with self._lock:
@@ -283,6 +292,7 @@ class Reflector:
             self._last_event = time.time()
             first = not self._synced
             self._synced = True
+        self._failures = 0
         cleared = self._ok()
         if changed or first or cleared:
             self._on_change(self, changed)
@@ -308,6 +318,7 @@ class Reflector:
                 return
             resp.raise_for_status()
             self._watching = True
+            self._failures = 0
             if self._ok():
                 self._on_change(self, set())
             for line in resp.iter_lines():
@@ -324,7 +335,7 @@ class Reflector:
         if etype == "ERROR":
             code = obj.get("code")
             raise _Relist(f"watch ended by the server (HTTP {code}: {obj.get('message') or obj.get('reason')}); "
-                          "listing again")
+                          "listing again", code)
         rv = (obj.get("metadata") or {}).get("resourceVersion")
         now = time.time()
         if etype == "BOOKMARK":
