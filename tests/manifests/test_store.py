@@ -239,6 +239,32 @@ def test_symlink_outside_the_directory_is_refused(mdir, tmp_path):
     assert "outside the manifest dir" in snap.errors[0].message
 
 
+def test_a_symlink_whose_target_is_gone_keeps_its_objects_until_the_symlink_goes(mdir):
+    """The ``..data`` layout of a ConfigMap mounted as the manifest dir (or a config mount
+    inside it that failed): a dangling manifest symlink is a file that cannot be read, not an
+    operator removing the pods, so their volumes are not torn down."""
+    data = mdir / "..2026_11_28"
+    data.mkdir()
+    write(data / "web.yaml", pod_yaml("web"))
+    (mdir / "..data").symlink_to(data.name)
+    (mdir / "web.yaml").symlink_to("..data/web.yaml")
+    store = ManifestStore(str(mdir))
+    store.rescan()
+    assert pod_names(store.snapshot()) == ["default/web"]
+
+    (data / "web.yaml").unlink()
+    data.rmdir()
+    store.rescan()
+    snap = store.snapshot()
+    assert pod_names(snap) == ["default/web"]
+    assert any("symlink target '..data/web.yaml' does not exist" in e.message and "keeping" in e.message
+               for e in snap.errors), snap.errors
+
+    (mdir / "web.yaml").unlink()
+    store.rescan()
+    assert pod_names(store.snapshot()) == []
+
+
 def test_concurrent_updates_and_snapshots(mdir):
     files = [write(mdir / f"p{i}.yaml", pod_yaml(f"p{i}")) for i in range(5)]
     store = ManifestStore(str(mdir))

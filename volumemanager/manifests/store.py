@@ -116,7 +116,8 @@ class ManifestStore:
 
         ``force=False`` skips the read when the file's (dev, inode, size, mtime, ctime) is
         what it was at the last read. A name that is not a manifest name, a vanished file and
-        a directory all mean "no such manifest file": whatever it held is removed.
+        a directory all mean "no such manifest file": whatever it held is removed. A symlink
+        whose target is gone is a file that cannot be read: it keeps what it held.
         """
         path = os.path.abspath(path)
         with self._update_lock:
@@ -125,7 +126,9 @@ class ManifestStore:
             try:
                 st = os.stat(path)
             except FileNotFoundError:
-                return self.remove_file(path)  # also a dangling symlink: its target is gone
+                if os.path.islink(path):
+                    return self._dangling(path)
+                return self.remove_file(path)
             except OSError as exc:
                 result = FileResult(
                     (),
@@ -142,8 +145,26 @@ class ManifestStore:
                 return False
             result = load_file(path, self._display(path), root=self._root(path))
             if result.missing:
+                if os.path.islink(path):
+                    return self._dangling(path)
                 return self.remove_file(path)
             return self._apply(path, key, result)
+
+    def _dangling(self, path: str) -> bool:
+        """A manifest that is a symlink whose target is gone (the ``..data`` layout of a
+        ConfigMap mount, or a config mount that failed): its target could not be read, which
+        is not the operator removing the file, so it keeps what it last held, like a file
+        that fails to parse. Removing the symlink itself removes its objects."""
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return self.remove_file(path)  # the symlink itself went meanwhile
+        result = FileResult(
+            (),
+            (ManifestError(self._display(path), None, None, f"symlink target {target!r} does not exist"),),
+            parse_failed=True,
+        )
+        return self._apply(path, None, result)
 
     def remove_file(self, path: str) -> bool:
         """Forget a file and its objects; returns whether the snapshot changed."""
