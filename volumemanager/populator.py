@@ -419,11 +419,13 @@ class DesiredStatePopulator:
                     if self._refused.pop(uid, None) is not None:
                         log.info("pod %s: UID %s is free now", pod.key, uid)
                     seen: set[ObjectKey] = set()
-                    desired = resolve_pod(pod, snap, self._plugins, self._bindings, seen)
+                    # Several sources: a pod resolves its claims in its own (None: the merged one).
+                    own = self._own_snapshot(uid)
+                    desired = resolve_pod(pod, own or snap, self._plugins, None if own else self._bindings, seen)
                     self._index_objects(uid, frozenset(seen))
-                    if any(u.reason.startswith("persistentvolume ") and " is bound to " in u.reason
-                           for u in desired.unresolved):
-                        self._recheck.add(uid)
+                    if own is not None or any(u.reason.startswith("persistentvolume ") and " is bound to " in u.reason
+                                              for u in desired.unresolved):
+                        self._recheck.add(uid)  # own: its objects are not what the reuse check compares
                     else:
                         self._recheck.discard(uid)
                 changed |= self._dsw.set_pod(desired)
@@ -475,6 +477,12 @@ class DesiredStatePopulator:
                 if old.get(key) is not new.get(key):
                     out |= self._pods_of.get((kind, key[0], key[1]), set())
         return out
+
+    def _own_snapshot(self, uid: str) -> m.Snapshot | None:
+        """The snapshot of pod ``uid``'s own source when the source combines several and its
+        source lost a claim/PV/Secret key to another; None otherwise (the usual case)."""
+        own = getattr(self.source, "snapshot_for_pod", None)
+        return own(uid) if callable(own) else None
 
     def _read_host(self) -> list[HostPodVolume]:
         if self._host_volumes is None:
