@@ -179,9 +179,16 @@ class VolumeManager:
         from volumemanager.controller.reconciler import ControllerReconciler
 
         ops = ControllerOperations(self.drivers, self.provisioned, self.journal, self.populator.get_secret)
+        from volumemanager.controller.snapshot_operations import SnapshotOperations
+        from volumemanager.controller.snapshot_records import SnapshotRecords
+
+        # Snapshots we created (the VolumeSnapshotContents), fsync'd under state/snapshots/.
+        self.snapshot_records = SnapshotRecords(os.path.join(self.config.root_dir, "state"))
         controller = ControllerReconciler(source, self.provisioned, self.drivers, self.executor, ops,
                                           self._volumes_in_use, self._ready_to_unmount,
-                                          lambda: self.populator.sync())
+                                          lambda: self.populator.sync(),
+                                          snapshot_records=self.snapshot_records,
+                                          snapshot_ops=SnapshotOperations(ops, self.snapshot_records))
         source.on_change_hooks.append(controller.wake)
         return controller
 
@@ -331,6 +338,7 @@ class VolumeManager:
         self._start_drivers()
         self._load_pod_owners()
         self.provisioned.load()
+        self.snapshot_records.load()
         open_intents = getattr(self.journal, "open_intents", None)
         if callable(open_intents):  # before reconstruction forgets them
             self.controller.adopt_interrupted(open_intents())
@@ -488,7 +496,7 @@ class VolumeManager:
             "sources": source_entries(self.populator.source_healths(), api),
             "interrupted_at_start": list(self.interrupted_at_start),
             "claims": self.controller.claims(),
-            "snapshots": [],
+            "snapshots": self.controller.snapshots(),
             "reconciler": {
                 "passes": self.reconciler.passes,
                 "last_pass_duration_ms": round(self.reconciler.last_pass_duration * 1000, 3),

@@ -22,6 +22,8 @@ from typing import Mapping
 
 from volumemanager.controller import claims as cl
 from volumemanager.controller.records import ANN_CLAIM_UID
+from volumemanager.controller import snapshots as sn
+from volumemanager.controller.snapshot_records import SnapshotRecord
 from volumemanager.manifests import models as m
 
 PROVISION = "provision"
@@ -48,6 +50,8 @@ class ControllerAction:
     claim: str | None  # "namespace/name"
     detail: str
     claim_uid: str | None = None
+    # provision from a dataSource: ("snapshot", snapshot id) or ("volume", volume id) (snapshots.py)
+    content_source: tuple[str, str] | None = None
 
     def to_dict(self, blocked_by: str | None = None) -> dict:
         return {
@@ -80,6 +84,7 @@ def decide(
     in_use: frozenset[str],
     ready_to_delete: bool,
     in_background: Mapping[str, str] = {},
+    snapshot_records: Mapping[str, SnapshotRecord] | None = None,
 ) -> Decision:
     """Actions for every claim and every provisioned volume of ``snap`` (the desired state
     *without* our records merged in).
@@ -127,8 +132,16 @@ def decide(
         if sc.volume_binding_mode == cl.WAIT_FOR_FIRST_CONSUMER and (claim.namespace, claim.name) not in consumers:
             out.waiting[name] = "first consumer (StorageClass volumeBindingMode WaitForFirstConsumer): no pod uses the claim"
             continue
+        source, source_wait = sn.content_source(claim, sc, snap, records, snapshot_records or {}, driver)
+        if source_wait is not None:
+            out.waiting[name] = source_wait  # a restore or clone whose source is not usable yet
+            continue
+        origin = f", from {source[0]} {source[1]}" if source is not None else ""
         out.actions.append(ControllerAction(PROVISION, name, sc.provisioner, claim.key,
-                                            f"CreateVolume {name} for claim {claim.key} (class {sc.name})", claim.uid))
+                                            f"CreateVolume {name} for claim {claim.key} (class {sc.name}{origin})",
+                                            claim.uid, content_source=source))
+    if snapshot_records is not None:
+        sn.decide_snapshots(snap, records, snapshot_records, drivers, ready_to_delete, out)
     for name, pv in sorted(records.items()):
         uid = claim_uid_of(pv)
         if uid in live_uids:

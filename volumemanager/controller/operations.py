@@ -88,13 +88,14 @@ class ControllerOperations:
                   sc: m.StorageClass) -> GeneratedOperation:
         def run() -> None:
             try:
-                self._provision(claim, sc)
+                self._provision(claim, sc, action.content_source)
             except BaseException as e:
                 raise as_operation_error(e, "CreateVolume") from None
 
         return GeneratedOperation("CreateVolume", run, LANE_PREFIX + action.driver)
 
-    def _provision(self, claim: m.PersistentVolumeClaim, sc: m.StorageClass) -> None:
+    def _provision(self, claim: m.PersistentVolumeClaim, sc: m.StorageClass,
+                   content_source: tuple[str, str] | None = None) -> None:
         from volumemanager.csi import client as node_client
 
         info = self._drivers.get(sc.provisioner)
@@ -114,8 +115,11 @@ class ControllerOperations:
             topology = [dict(info.topology)]
         details = {"name": request.name, "driver": request.driver, "claim": claim.key, "claim_uid": claim.uid,
                    "required_bytes": request.required_bytes, "request": request_record(claim, sc)}
+        if content_source is not None:  # a restore or a clone: the same source again after a restart
+            details["request"]["content_source"] = list(content_source)
         created = self._journaled("CreateVolume", request.name, details, lambda: client.create_volume(
-            request.name, caps, request.required_bytes, request.parameters, secrets, topology, topology))
+            request.name, caps, request.required_bytes, request.parameters, secrets, topology, topology,
+            content_source=content_source))
         capacity = created.capacity_bytes or request.required_bytes
         if request.required_bytes and capacity < request.required_bytes:
             # The sidecar deletes a volume smaller than asked and fails the claim.

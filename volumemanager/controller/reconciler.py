@@ -28,7 +28,10 @@ from volumemanager.controller import claims as cl
 from volumemanager.controller import decide as dc
 from volumemanager.controller.operations import ControllerOperations, operation_key
 from volumemanager.controller.overlay import ProvisionedOverlaySource
+from volumemanager.controller import snapshots as sn
 from volumemanager.controller.records import ANN_PROVISIONED_BY, ProvisionedVolumes
+from volumemanager.controller.snapshot_operations import NOT_READY, SnapshotOperations
+from volumemanager.controller.snapshot_records import SnapshotRecords
 from volumemanager.manifests import models as m
 
 log = logging.getLogger(__name__)
@@ -63,7 +66,13 @@ class ControllerReconciler:
         in_use: InUseReader,
         ready_to_delete: Callable[[], bool],
         on_records_changed: Callable[[], None],
+        snapshot_records: SnapshotRecords | None = None,
+        snapshot_ops: SnapshotOperations | None = None,
     ) -> None:
+        self._snapshot_records = snapshot_records
+        self._snapshot_ops = snapshot_ops
+        # The content source (restore/clone) of each CreateVolume in _background.
+        self._background_sources: dict[str, tuple[str, str]] = {}
         self._source = source
         self._records = records
         self._drivers = drivers
@@ -145,8 +154,11 @@ class ControllerReconciler:
                 log.error("interrupted CreateVolume of %s cannot be finished: its intent record is "
                           "incomplete (%s); the driver may hold a volume of that name", key, e)
                 continue
+            source = ((rec.get("details") or {}).get("request") or {}).get("content_source")
             with self._cond:
                 self._background.setdefault(key[len(KEY_PREFIX):], (claim, sc))
+                if isinstance(source, list) and len(source) == 2:
+                    self._background_sources.setdefault(key[len(KEY_PREFIX):], (str(source[0]), str(source[1])))
             log.warning("CreateVolume of %s (claim %s) was interrupted by the last stop: it is sent again",
                         key[len(KEY_PREFIX):], claim.key)
 
@@ -175,8 +187,9 @@ class ControllerReconciler:
         with self._cond:
             background = {name: sc.provisioner for name, (_, sc) in self._background.items()}
         snap = self._source.raw_snapshot()
+        snapshots = self._snapshot_records.all() if self._snapshot_records is not None else None
         return dc.decide(snap, records, self._driver_views(), self._in_use_names(records, snap),
-                         self._ready_to_delete(), background)
+                         self._ready_to_delete(), background, snapshot_records=snapshots)
 
     def reconcile(self) -> list[dc.ControllerAction]:
         self.passes += 1
@@ -209,20 +222,134 @@ class ControllerReconciler:
                 # An uncertain CreateVolume of a claim that is gone: the same request again.
                 with self._cond:
                     claim, sc = self._background.get(action.name, (None, None))
+                    source = self._background_sources.get(action.name)
+                if source is not None:
+                    action = replace(action, content_source=source)
             if claim is None or sc is None:
                 return None
             op = self._ops.provision(action, claim, sc)
             remembered = (claim, sc)
+            remembered_source = action.content_source
 
             def run() -> None:
                 with self._cond:  # from the moment the call may reach the driver until its outcome is known
                     self._background[action.name] = remembered
+                    if remembered_source is not None:
+                        self._background_sources[action.name] = remembered_source
                 op.fn()
 
             return replace(op, fn=run)
         if action.kind == dc.DELETE:
             return self._ops.delete(action)
+        if action.kind in (sn.CREATE_SNAPSHOT, sn.DELETE_SNAPSHOT):
+            return self._generate_snapshot(action)
         raise ValueError(f"unknown controller action {action.kind!r}")
+
+    # --- snapshots (snapshots.py decides, snapshot_operations.py runs) ---------------------
+
+    def _generate_snapshot(self, action: dc.ControllerAction):
+        if self._snapshot_ops is None or self._snapshot_records is None:
+            return None
+        if action.kind == sn.DELETE_SNAPSHOT:
+            return self._snapshot_ops.delete(action)
+        rec = self._snapshot_records.get(action.name)
+        if rec is not None:  # created, not ready yet: the same request again
+            return self._snapshot_ops.create(action, lambda: sn.SnapshotRequest.from_record(rec))
+        snap = self._source.raw_snapshot()
+        uid = action.name[len(sn.NAME_PREFIX):]
+        vs = next((v for v in snap.volumesnapshots.values() if v.uid == uid), None)
+        claim = snap.pvcs.get((vs.namespace, vs.source_pvc_name)) if vs is not None else None
+        pv = sn.pv_of_claim(claim, snap, self._records.all()) if claim is not None else None
+        if vs is None or claim is None or pv is None or not isinstance(pv.source, m.CSISource):
+            return None
+        vsc = sn.snapshot_class_of(vs, snap, pv.source.driver)
+        if vsc is None:
+            return None
+        return self._snapshot_ops.create(action, lambda: sn.build_snapshot_request(vs, vsc, pv, claim.key))
+
+    def snapshots(self) -> list[dict]:
+        """``status --json`` ``snapshots``: one entry per VolumeSnapshot of the desired state, and
+        one per snapshot we created whose VolumeSnapshot is gone (Retained, or Deleting)."""
+        if self._snapshot_records is None:
+            return []
+        snap = self._source.raw_snapshot()
+        recs = self._snapshot_records.all()
+        pvs = self._records.all()
+        with self._cond:
+            waiting = dict(self._last_waiting)
+        out = []
+        live = set()
+        for vs in sorted(snap.volumesnapshots.values(), key=lambda v: v.key):
+            name = sn.snapshot_name(vs)
+            live.add(name)
+            rec = recs.get(name)
+            driver = rec.driver if rec is not None else None
+            klass = vs.volume_snapshot_class_name or (rec.snapshot_class if rec is not None else None)
+            if rec is None:
+                claim = snap.pvcs.get((vs.namespace, vs.source_pvc_name))
+                pv = sn.pv_of_claim(claim, snap, pvs) if claim is not None else None
+                if pv is not None and isinstance(pv.source, m.CSISource):
+                    vsc = sn.snapshot_class_of(vs, snap, pv.source.driver)
+                    driver = vsc.driver if vsc is not None else pv.source.driver
+                    klass = klass or (vsc.name if vsc is not None else None)
+            phase = sn.READY if rec is not None and rec.ready_to_use else sn.PENDING
+            out.append(self._snapshot_entry(name, vs.namespace, vs.name, vs.uid, f"{vs.namespace}/{vs.source_pvc_name}",
+                                            klass, driver, rec, phase, waiting.get(name)))
+        for name, rec in sorted(recs.items()):
+            if name in live:
+                continue
+            phase = sn.DELETING if rec.deletion_policy == "Delete" else sn.RETAINED
+            out.append(self._snapshot_entry(name, rec.namespace, rec.snapshot, rec.uid, rec.source_claim,
+                                            rec.snapshot_class, rec.driver, rec, phase, waiting.get(name)))
+        return out
+
+    def _snapshot_entry(self, key: str, namespace: str, name: str, uid: str, source_claim: str,
+                        klass: str | None, driver: str | None, rec, phase: str, waiting_for: str | None) -> dict:
+        entry = {
+            "name": name, "namespace": namespace, "uid": uid, "source_claim": source_claim,
+            "class": klass or None, "driver": driver,
+            "snapshot_handle": rec.snapshot_id if rec is not None else None,
+            "ready_to_use": bool(rec is not None and rec.ready_to_use),
+            "restore_size_bytes": rec.restore_size_bytes if rec is not None else None,
+            "creation_time": rec.creation_time if rec is not None else None,
+            "deletion_policy": rec.deletion_policy if rec is not None else None,
+            "phase": phase, "waiting_for": waiting_for,
+        }
+        entry.update(self._error_fields(key))
+        err = entry.get("last_error")
+        if err is not None and err.get("code") == NOT_READY:
+            entry["last_error"] = None  # followed, not failed: next_retry_seconds says when
+        return entry
+
+    def _data_source_lines(self, namespace: str, claim_name: str) -> list[str]:
+        """The restore/clone part of a Pending claim's explain chain."""
+        claim = self._source.raw_snapshot().pvcs.get((namespace, claim_name))
+        ref = sn.data_source_of(claim) if claim is not None else None
+        if ref is None:
+            return []
+        key = f"{namespace}/{ref.name}"
+        if ref.kind != sn.SNAPSHOT_KIND:
+            return [f"clones claim {key} (dataSource): CreateVolume carries its volume as the content source"]
+        entry = next((s for s in self.snapshots() if s["namespace"] == namespace and s["name"] == ref.name
+                      and s["phase"] in (sn.PENDING, sn.READY)), None)
+        if entry is None:
+            return [f"restores from volumesnapshot {key} (dataSource), which does not exist"]
+        if entry["phase"] == sn.READY:
+            return [f"restores from volumesnapshot {key}: Ready (snapshot {entry['snapshot_handle']}, "
+                    f"{entry['restore_size_bytes']} bytes)"]
+        lines = [f"restores from volumesnapshot {key}, which is Pending"]
+        if entry["in_progress"]:
+            lines.append(f"volumesnapshot {key}: {entry['in_progress']} in progress")
+        err = entry["last_error"]
+        if err is not None:
+            lines.append(f"volumesnapshot {key}: {err['operation']} failed with {err['code']}: {err['message']}")
+        elif entry["snapshot_handle"]:
+            lines.append(f"volumesnapshot {key}: snapshot {entry['snapshot_handle']} is not ready to use yet")
+        if entry["next_retry_seconds"] is not None and not entry["in_progress"]:
+            lines.append(f"volumesnapshot {key}: next CreateSnapshot in {entry['next_retry_seconds']:.1f} s")
+        if entry["waiting_for"]:
+            lines.append(f"volumesnapshot {key}: waiting for {entry['waiting_for']}")
+        return lines
 
     # --- answering ------------------------------------------------------------------------
 
@@ -317,7 +444,7 @@ class ControllerReconciler:
             return [line]
         if entry["phase"] == LOST:
             return [f"claim {key} is Lost: its persistentvolume {entry['pv'] or '?'} does not exist"]
-        lines = [f"claim {key} is Pending"]
+        lines = [f"claim {key} is Pending"] + self._data_source_lines(namespace, name)
         if entry["in_progress"]:
             lines.append(f"provisioning: {entry['in_progress']} in progress")
         err = entry["last_error"]

@@ -75,6 +75,17 @@ class CreatedVolume:
     accessible_topology: tuple[dict[str, str], ...] = ()
 
 
+@dataclass(frozen=True)
+class CreatedSnapshot:
+    """What CreateSnapshot answered (``ready_to_use`` false: the same call again to follow it)."""
+
+    snapshot_id: str
+    source_volume_id: str
+    size_bytes: int  # 0: the driver did not say
+    creation_time: float | None  # seconds since the epoch
+    ready_to_use: bool
+
+
 class CSIControllerClient:
     """One gRPC channel to the endpoint serving a driver's Controller service."""
 
@@ -173,13 +184,22 @@ class CSIControllerClient:
         secrets: Mapping[str, str] | None = None,
         requisite: Iterable[Mapping[str, str]] = (),
         preferred: Iterable[Mapping[str, str]] = (),
+        content_source: tuple[str, str] | None = None,
     ) -> CreatedVolume:
+        """``content_source``: ``("snapshot", snapshot_id)`` (a restore) or ``("volume", volume_id)``
+        (a clone), sent as ``volume_content_source``."""
         req = csi_pb2.CreateVolumeRequest(
             name=name,
             volume_capabilities=list(capabilities),
             parameters=dict(parameters or {}),
             secrets=dict(secrets or {}),
         )
+        if content_source is not None:
+            kind, source_id = content_source
+            if kind == "snapshot":
+                req.volume_content_source.snapshot.snapshot_id = source_id
+            else:
+                req.volume_content_source.volume.volume_id = source_id
         if required_bytes:
             req.capacity_range.required_bytes = int(required_bytes)
         requisite, preferred = list(requisite), list(preferred)
@@ -198,4 +218,27 @@ class CSIControllerClient:
     def delete_volume(self, volume_id: str, secrets: Mapping[str, str] | None = None) -> None:
         self._controller_call(
             "DeleteVolume", csi_pb2.DeleteVolumeRequest(volume_id=volume_id, secrets=dict(secrets or {}))
+        )
+
+    def create_snapshot(
+        self,
+        name: str,
+        source_volume_id: str,
+        parameters: Mapping[str, str] | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> CreatedSnapshot:
+        """CreateSnapshot as external-snapshotter sends it; sent again (same name) to follow a
+        snapshot that is not ready to use yet."""
+        req = csi_pb2.CreateSnapshotRequest(name=name, source_volume_id=source_volume_id,
+                                            parameters=dict(parameters or {}), secrets=dict(secrets or {}))
+        snap = self._controller_call("CreateSnapshot", req).snapshot
+        created = None
+        if snap.HasField("creation_time"):
+            created = snap.creation_time.seconds + snap.creation_time.nanos / 1e9
+        return CreatedSnapshot(snap.snapshot_id, snap.source_volume_id, int(snap.size_bytes), created,
+                               bool(snap.ready_to_use))
+
+    def delete_snapshot(self, snapshot_id: str, secrets: Mapping[str, str] | None = None) -> None:
+        self._controller_call(
+            "DeleteSnapshot", csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot_id, secrets=dict(secrets or {}))
         )

@@ -1,0 +1,151 @@
+"""The volume snapshots this daemon created: one fsync'd JSON file per snapshot under the root dir.
+
+``<root>/state/snapshots/snapshot-<VolumeSnapshot uid>.json`` plays the VolumeSnapshotContent:
+the driver's snapshot id, the volume it was cut from, its size, creation time, readiness, class
+and deletion policy. It is written (temp file, fsync, rename, fsync the dir) right after every
+CreateSnapshot answer and before anything uses the snapshot (a restore reads the id from here
+only). Only a snapshot with a record is ever deleted (DeleteSnapshot): the record is the
+"we created it" proof, as the provisioned PV record is for volumes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+
+log = logging.getLogger(__name__)
+
+RECORDS_DIR = "snapshots"
+SUFFIX = ".json"
+TMP_SUFFIX = ".tmp"
+
+
+@dataclass(frozen=True)
+class SnapshotRecord:
+    """What the daemon knows of one snapshot it created (the VolumeSnapshotContent's part).
+
+    ``name`` is ``snapshot-<uid>``: the CreateSnapshot name and the file's name."""
+
+    name: str
+    namespace: str
+    snapshot: str  # the VolumeSnapshot's name
+    uid: str
+    source_claim: str  # namespace/name
+    source_pv: str
+    source_volume_id: str
+    driver: str
+    snapshot_class: str
+    deletion_policy: str  # Delete | Retain
+    snapshot_id: str
+    ready_to_use: bool
+    restore_size_bytes: int | None
+    creation_time: float | None
+    secret_name: str = ""  # the snapshotter secret, by reference (for DeleteSnapshot)
+    secret_namespace: str = ""
+    parameters: dict[str, str] = field(default_factory=dict)  # the class's, sent again to follow it
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_json(cls, data: dict) -> SnapshotRecord:
+        """``KeyError``/``TypeError``/``ValueError`` for a record that is not one of ours."""
+        fields = {k: data[k] for k in cls.__dataclass_fields__ if k in data}
+        rec = cls(**fields)
+        if not rec.name or not rec.snapshot_id or not rec.driver:
+            raise ValueError("name, snapshot_id and driver are required")
+        return rec
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SnapshotRecords:
+    """Thread-safe store of the snapshot records; ``generation`` grows on every change."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.directory = os.path.join(state_dir, RECORDS_DIR)
+        self._lock = threading.Lock()
+        self._records: dict[str, SnapshotRecord] = {}
+        self._errors: dict[str, str] = {}
+        self.generation = 0
+
+    def path_of(self, name: str) -> str:
+        return os.path.join(self.directory, name + SUFFIX)
+
+    def load(self) -> None:
+        """Read every record (at start). One that does not parse is kept on disk and reported,
+        never deleted: it may be the only trace of a snapshot in the storage system."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        found: dict[str, SnapshotRecord] = {}
+        errors: dict[str, str] = {}
+        for entry in sorted(os.listdir(self.directory)):
+            path = os.path.join(self.directory, entry)
+            if entry.endswith(TMP_SUFFIX):
+                os.unlink(path)  # a write interrupted before its rename: the old record stands
+                continue
+            if not entry.endswith(SUFFIX):
+                continue
+            try:
+                with open(path, "rb") as f:
+                    rec = SnapshotRecord.from_json(json.load(f))
+                if rec.name + SUFFIX != entry:
+                    raise ValueError(f"it names snapshot {rec.name}")
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                errors[entry] = str(e)
+                log.error("snapshot record %s cannot be read: %s", path, e)
+                continue
+            found[rec.name] = rec
+        with self._lock:
+            self._records, self._errors = found, errors
+            self.generation += 1
+
+    def all(self) -> dict[str, SnapshotRecord]:
+        with self._lock:
+            return dict(self._records)
+
+    def get(self, name: str) -> SnapshotRecord | None:
+        with self._lock:
+            return self._records.get(name)
+
+    def errors(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._errors)
+
+    def write(self, record: SnapshotRecord) -> None:
+        """Write one record durably (raises ``OSError``); in memory only once it is on disk."""
+        os.makedirs(self.directory, mode=0o700, exist_ok=True)
+        path = self.path_of(record.name)
+        tmp = path + TMP_SUFFIX
+        data = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            os.write(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.rename(tmp, path)
+        _fsync_dir(self.directory)
+        with self._lock:
+            self._records[record.name] = record
+            self.generation += 1
+
+    def remove(self, name: str) -> None:
+        """Forget a deleted snapshot (after DeleteSnapshot succeeded), durably."""
+        try:
+            os.unlink(self.path_of(name))
+        except FileNotFoundError:
+            pass
+        else:
+            _fsync_dir(self.directory)
+        with self._lock:
+            self._records.pop(name, None)
+            self.generation += 1
