@@ -4,10 +4,11 @@ with the cause of anything not mounted. Built from the caches by the daemon, or 
 
 from __future__ import annotations
 
+import copy
 import datetime as _dt
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 from operation_executor.errors import OperationError, WaitingError
@@ -63,10 +64,20 @@ class VolumeRow:
     source: str | None = None
 
     def to_dict(self) -> dict:
-        d = asdict(self)
+        # What dataclasses.asdict gave, ~10x faster: asdict recurses into (and deep-copies)
+        # every field, which at 10,000 rows cost more than the rest of ``status``. Only the
+        # two fields that hold containers need a copy.
+        d = {name: getattr(self, name) for name in _ROW_FIELDS}
+        if d["holders"] is not None:
+            d["holders"] = copy.deepcopy(d["holders"])
+        if d["fs_group"] is not None:
+            d["fs_group"] = dict(d["fs_group"])  # flat: FsGroupResult.to_dict
         if d["next_retry_seconds"] is not None:
             d["next_retry_seconds"] = round(d["next_retry_seconds"], 1)
         return d
+
+
+_ROW_FIELDS = tuple(f.name for f in fields(VolumeRow))
 
 
 def _apply_result(row: VolumeRow, result: OperationResult | None, label: OperationLabel = _plain_label) -> None:
@@ -112,6 +123,46 @@ def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: Ope
         key = OperationKey(mv.volume_id, mv.pod.uid)
         row.in_progress = executor.pending_operation(mv.volume_id, mv.pod.uid)
         row.next_retry_seconds = executor.backoff_remaining(key) or None
+        rows.append(row)
+    rows.sort(key=lambda r: (r.pod, r.volume))
+    return rows
+
+
+def desired_pod_rows(dp: DesiredPod, asw: ActualStateOfWorld, executor: OperationExecutor,
+                     operation_label: OperationLabel = _plain_label) -> list[VolumeRow]:
+    """The rows of one desired pod, as ``daemon_rows`` builds them, without walking every
+    volume: ``explain POD`` at 10,000 volumes must cost what the pod's few volumes cost
+    (each lookup below is by (volume id, pod uid))."""
+    rows = [
+        VolumeRow(
+            pod=dp.pod.key, pod_uid=dp.pod.uid, volume=u.outer_name, plugin=u.plugin_name, desired=True,
+            state=WAITING, last_error=u.reason, reason=u.reason, waiting_for=u.waiting_for,
+            source=_pod_source(dp),
+        )
+        for u in dp.unresolved
+    ]
+    rows += [_desired_row(dp, vtm, asw, executor, operation_label) for vtm in dp.volumes]
+    rows.sort(key=lambda r: r.volume)
+    return rows
+
+
+def undesired_pod_rows(pod_key: str, dsw: DesiredStateOfWorld, asw: ActualStateOfWorld,
+                       executor: OperationExecutor, operation_label: OperationLabel = _plain_label) -> list[VolumeRow]:
+    """The ``unmounting`` rows of a pod that is not desired (by "namespace/name" or UID), as
+    ``daemon_rows`` builds them, from the actual state's per-pod index instead of every mount."""
+    rows = []
+    for mv in asw.mounted_volumes_of_pod(pod_key):
+        if dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid):
+            continue
+        av = asw.get_volume(mv.volume_id)
+        row = VolumeRow(
+            pod=mv.pod.key, pod_uid=mv.pod.uid, volume=mv.outer_name, plugin=mv.plugin_name, desired=False,
+            state=UNMOUNTING, mount_path=mv.mount_path, volume_id=mv.volume_id,
+            device_path=av.device_path if av else None, device_mount_path=mv.device_mount_path,
+        )
+        _apply_result(row, asw.result(mv.volume_id, mv.pod.uid), operation_label)
+        row.in_progress = executor.pending_operation(mv.volume_id, mv.pod.uid)
+        row.next_retry_seconds = executor.backoff_remaining(OperationKey(mv.volume_id, mv.pod.uid)) or None
         rows.append(row)
     rows.sort(key=lambda r: (r.pod, r.volume))
     return rows

@@ -452,7 +452,9 @@ class VolumeManager:
     # --- queries --------------------------------------------------------------------------
 
     def rows(self) -> list[st.VolumeRow]:
-        rows = st.daemon_rows(self.dsw, self.asw, self.executor, self.plugins.operation_label)
+        return self._mark_unread(st.daemon_rows(self.dsw, self.asw, self.executor, self.plugins.operation_label))
+
+    def _mark_unread(self, rows: list[st.VolumeRow]) -> list[st.VolumeRow]:
         unread = [h.name for h in self.populator.source_healths() if not h.ok]
         if unread:
             # Not desired as far as is known, but the desired state is not known: kept.
@@ -511,7 +513,8 @@ class VolumeManager:
             code, body = self._explain_not_desired(pod_key, volume)
             body["lines"][:0] = self._failed_source_lines()
             return code, body
-        rows = [r for r in self.rows() if r.pod_uid == dp.pod.uid and r.desired]
+        # One pod's rows, looked up by (volume, pod uid): not a filter over every volume's row.
+        rows = st.desired_pod_rows(dp, self.asw, self.executor, self.plugins.operation_label)
         if volume is not None:
             rows = [r for r in rows if r.volume == volume]
             if not rows:
@@ -537,7 +540,8 @@ class VolumeManager:
         down, maybe blocked by a process that holds a volume. By "namespace/name", or by UID
         (after a restart the actual state knows such a pod only by its UID). 2 only when
         nothing of the pod is left on the host."""
-        rows = [r for r in self.rows() if not r.desired and pod_key in (r.pod, r.pod_uid)]
+        rows = self._mark_unread(st.undesired_pod_rows(pod_key, self.dsw, self.asw, self.executor,
+                                                       self.plugins.operation_label))
         if volume is not None:
             rows = [r for r in rows if r.volume == volume]
         if not rows:

@@ -57,6 +57,10 @@ class ActualStateOfWorld:
         self.version = 0
         self._volumes: dict[str, _Volume] = {}
         self._results: dict[tuple[str, str | None], OperationResult] = {}
+        # Per-pod indexes (pod uid -> volume ids; "namespace/name" -> pod uids) so that a question
+        # about one pod (explain) does not walk every volume; kept by _add_pod/_drop_pod only.
+        self._vids_by_uid: dict[str, set[str]] = {}
+        self._uids_by_key: dict[str, set[str]] = {}
         self._on_change = on_change
 
     def set_on_change(self, cb: Callable[[str], None]) -> None:
@@ -74,6 +78,38 @@ class ActualStateOfWorld:
             v = _Volume(volume_id, spec, plugin_name, device_mountable)
             self._volumes[volume_id] = v
         return v
+
+    def _add_pod(self, v: _Volume, p: _Pod) -> None:
+        """The one place a pod entry is added (or replaced), with the per-pod indexes."""
+        old = v.pods.get(p.pod.uid)
+        if old is not None and old.pod.key != p.pod.key:
+            self._unindex_key(old.pod.key, p.pod.uid, v.volume_id)
+        v.pods[p.pod.uid] = p
+        self._vids_by_uid.setdefault(p.pod.uid, set()).add(v.volume_id)
+        self._uids_by_key.setdefault(p.pod.key, set()).add(p.pod.uid)
+
+    def _drop_pod(self, v: _Volume, pod_uid: str) -> None:
+        """The one place a pod entry is removed, with the per-pod indexes."""
+        p = v.pods.pop(pod_uid, None)
+        if p is None:
+            return
+        vids = self._vids_by_uid.get(pod_uid)
+        if vids is not None:
+            vids.discard(v.volume_id)
+            if not vids:
+                del self._vids_by_uid[pod_uid]
+        self._unindex_key(p.pod.key, pod_uid, v.volume_id)
+
+    def _unindex_key(self, key: str, pod_uid: str, volume_id: str) -> None:
+        # The key keeps the uid while another volume of that uid is still under this key.
+        if any(self._volumes[vid].pods.get(pod_uid) is not None and self._volumes[vid].pods[pod_uid].pod.key == key
+               for vid in self._vids_by_uid.get(pod_uid, ()) if vid != volume_id and vid in self._volumes):
+            return
+        uids = self._uids_by_key.get(key)
+        if uids is not None:
+            uids.discard(pod_uid)
+            if not uids:
+                del self._uids_by_key[key]
 
     def _maybe_drop(self, volume_id: str) -> None:
         v = self._volumes.get(volume_id)
@@ -120,8 +156,8 @@ class ActualStateOfWorld:
         with self._lock:
             v = self._volume(o.volume_id, o.spec, o.plugin_name, o.device_mountable)
             old = v.pods.get(o.pod.uid)
-            v.pods[o.pod.uid] = _Pod(o.pod, o.outer_name, o.spec, o.mount_path, state,
-                                     old.fs_group if old is not None else None)
+            self._add_pod(v, _Pod(o.pod, o.outer_name, o.spec, o.mount_path, state,
+                                  old.fs_group if old is not None else None))
             self._touch(o.volume_id)
 
     def mark_volume_unmounted(self, volume_id: str, pod_uid: str) -> None:
@@ -129,7 +165,7 @@ class ActualStateOfWorld:
             v = self._volumes.get(volume_id)
             if v is None:
                 return
-            v.pods.pop(pod_uid, None)
+            self._drop_pod(v, pod_uid)
             self._maybe_drop(volume_id)
             self._touch(volume_id)
 
@@ -184,7 +220,7 @@ class ActualStateOfWorld:
                 v.device_mount_path = mv.device_mount_path
                 v.device_path = v.device_path or device_path
             if mv.pod.uid not in v.pods:
-                v.pods[mv.pod.uid] = _Pod(mv.pod, mv.outer_name, mv.spec, mv.mount_path, mv.state)
+                self._add_pod(v, _Pod(mv.pod, mv.outer_name, mv.spec, mv.mount_path, mv.state))
             self._touch(mv.volume_id)
 
     def add_reconstructed_device(self, av: AttachedVolume) -> None:
@@ -218,6 +254,22 @@ class ActualStateOfWorld:
         with self._lock:
             vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
             return [self._mounted(v, p) for v in vols for p in v.pods.values() if p.state.may_be_mounted]
+
+    def mounted_volumes_of_pod(self, key_or_uid: str) -> list[MountedVolume]:
+        """The pod mounts that may be mounted of one pod, by "namespace/name" or by UID: from
+        the per-pod indexes, in time proportional to that pod's volumes."""
+        with self._lock:
+            uids = set(self._uids_by_key.get(key_or_uid, ()))
+            if key_or_uid in self._vids_by_uid:
+                uids.add(key_or_uid)
+            out = []
+            for uid in uids:
+                for vid in self._vids_by_uid.get(uid, ()):
+                    v = self._volumes.get(vid)
+                    p = v.pods.get(uid) if v is not None else None
+                    if p is not None and p.state.may_be_mounted and key_or_uid in (p.pod.key, uid):
+                        out.append(self._mounted(v, p))
+            return out
 
     def staged_devices(self) -> list[tuple[str, str]]:
         """(volume id, device path) of every certainly staged device: a device event checks
