@@ -409,6 +409,17 @@ def _stack_order(mounts: Sequence[MountInfo]) -> list[MountInfo]:
 _WATCH_EVENTS = select.POLLPRI | select.POLLERR
 
 
+def table_of_lines(lines: Iterable[bytes], under: str) -> MountTable:
+    """The mounts at or below `under` among raw mountinfo lines (``MountInfoWatcher.lines_under``)."""
+    mounts = []
+    top = _norm(under)
+    for number, line in enumerate(lines, start=1):
+        m = _parse_line(os.fsdecode(line), number)
+        if m.mount_point == top or m.mount_point.startswith(top.rstrip("/") + "/"):
+            mounts.append(m)
+    return MountTable(mounts)
+
+
 class MountInfoWatcher:
     """Learn that this mount namespace's mount table changed, without re-reading it in a loop.
 
@@ -452,23 +463,25 @@ class MountInfoWatcher:
         With `under`, only mounts whose mount point is `under` or below it are parsed: on a
         node where containers come and go, most of a long table is someone else's, and a
         cheap byte test per line skips it."""
+        if under is None:
+            return MountTable.parse(os.fsdecode(self._read()))
+        return table_of_lines(self.lines_under(under), under)
+
+    def lines_under(self, under: str) -> list[bytes]:
+        """Read the mount table now and keep only the raw lines that may be mounts at or below
+        `under` (a byte test, nothing parsed): cheap enough to compare with the last read and
+        skip the parse when nothing of ours changed (the table changes for everyone's mounts)."""
+        point = os.fsencode(escape_field(_norm(under)))
+        exact, below = b" " + point + b" ", b" " + point.rstrip(b"/") + b"/"
+        return [line for line in self._read().split(b"\n") if line and (exact in line or below in line)]
+
+    def _read(self) -> bytes:
         fd = self.fileno()
         os.lseek(fd, 0, os.SEEK_SET)
         chunks = []
         while chunk := os.read(fd, 1 << 16):
             chunks.append(chunk)
-        data = b"".join(chunks)
-        if under is None:
-            return MountTable.parse(os.fsdecode(data))
-        point = os.fsencode(escape_field(_norm(under)))
-        exact, below = b" " + point + b" ", b" " + point.rstrip(b"/") + b"/"
-        mounts = []
-        for number, line in enumerate(data.split(b"\n"), start=1):
-            if line and (exact in line or below in line):
-                m = _parse_line(os.fsdecode(line), number)
-                if m.mount_point == _norm(under) or m.mount_point.startswith(_norm(under).rstrip("/") + "/"):
-                    mounts.append(m)
-        return MountTable(mounts)
+        return b"".join(chunks)
 
     def close(self) -> None:
         if self._fd is not None:

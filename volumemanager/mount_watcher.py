@@ -16,7 +16,7 @@ import time
 from typing import Callable, Iterable, Protocol
 
 from mount_utils.mounter import LinuxMounter
-from mount_utils.mountinfo import MountInfoWatcher, MountTable
+from mount_utils.mountinfo import MountInfoWatcher, MountTable, table_of_lines
 from operation_executor.plugin import PluginRegistry
 from operation_executor.types import AttachedVolume, MarkDeviceOpts, MarkVolumeOpts, MountedVolume
 
@@ -31,6 +31,11 @@ MAX_SETTLE_SECONDS = 1.0
 MIN_CHECK_INTERVAL_SECONDS = 1.0
 # Safety net in case a change notification is missed: compare anyway this often.
 PERIODIC_CHECK_SECONDS = 60.0
+# A check walks every volume the actual state holds; the table changes with every mount on the
+# node (other pods, other daemons), so checks triggered by changes are spaced to at least this
+# many times their own duration: at most ~1 % of a core however busy the node and however many
+# volumes (at 10,000 volumes a check costs tens of ms).
+CHECK_SPACING_FACTOR = 100.0
 
 
 class WatchedState(Protocol):
@@ -77,6 +82,9 @@ class MountWatcher:
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._run, name="vm-mountinfo", daemon=True)
         self.checks = 0
+        # Reads of the table that changed nothing of ours, with an unchanged actual state: no check.
+        self.skipped = 0
+        self._last_seen: tuple[int, int] | None = None
         # The watcher's own read is the table only when the mounter is the kernel's.
         self._kernel_table = isinstance(mounter, LinuxMounter)
 
@@ -100,6 +108,7 @@ class MountWatcher:
             log.warning("cannot watch mountinfo (%s); relying on periodic checks", e)
             watcher = None
         last_check = time.monotonic()
+        spacing = MIN_CHECK_INTERVAL_SECONDS
         try:
             while not self._stop.is_set():
                 changed = watcher.wait(1.0) if watcher is not None else self._stop.wait(1.0)
@@ -110,22 +119,40 @@ class MountWatcher:
                            and time.monotonic() < settle_until):
                         pass
                     since = time.monotonic() - last_check
-                    if since < MIN_CHECK_INTERVAL_SECONDS and self._stop.wait(MIN_CHECK_INTERVAL_SECONDS - since):
+                    if since < spacing and self._stop.wait(spacing - since):
                         break
                 periodic = time.monotonic() - last_check >= PERIODIC_CHECK_SECONDS
                 if changed or periodic:
                     last_check = time.monotonic()
                     try:
-                        if watcher is None or not self._kernel_table:
-                            self.check_once()
-                        else:
-                            # Only our part of the table: every path checked is below the root.
-                            self.check_once(watcher.table(under=self._root_dir))
+                        self._check_changed(watcher)
                     except Exception:  # noqa: BLE001
                         log.exception("mount table check failed")
+                    spacing = max(MIN_CHECK_INTERVAL_SECONDS, (time.monotonic() - last_check) * CHECK_SPACING_FACTOR)
         finally:
             if watcher is not None:
                 watcher.close()
+
+    def _check_changed(self, watcher: MountInfoWatcher | None) -> None:
+        """One check after a change (or the periodic one): skipped when neither our part of the
+        table (the lines below the root dir, compared by hash) nor the actual state (its version)
+        changed since the last check, since the check would find what it found then. The
+        table changes with every mount on the node; a volume of ours that vanished changes
+        our lines."""
+        if watcher is None or not self._kernel_table:
+            self.check_once()
+            return
+        lines = watcher.lines_under(self._root_dir)
+        version = getattr(self._asw, "version", None)
+        seen = (hash(tuple(lines)), version) if version is not None else None
+        if seen is not None and seen == self._last_seen:
+            self.skipped += 1
+            return
+        # Only our part of the table: every path checked is below the root.
+        self.check_once(table_of_lines(lines, self._root_dir))
+        # The version read before the check: a change the check itself made (a volume marked
+        # uncertain) bumps it, so the next read checks again.
+        self._last_seen = seen
 
     def check_once(self, table: MountTable | None = None) -> set[str]:
         """Mark volumes whose mounts vanished as uncertain; returns their ids. ``table`` is a
