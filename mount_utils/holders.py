@@ -24,8 +24,6 @@ import os
 import time
 from dataclasses import dataclass, field
 
-import psutil
-
 from mount_utils.mountinfo import MountTable
 
 # At most this many holders are reported: enough to act on, small enough for status output.
@@ -171,6 +169,8 @@ def scan_holders(
 
     ``table`` is the mount table to find ``path``'s mount in (read from /proc when None).
     """
+    import psutil  # only when a volume is busy: not among the daemon's start-up imports (~7 ms)
+
     path = os.path.normpath(os.path.abspath(path))
     excluded = {os.getpid()} | (exclude_pids or set())
     mount_id, device = _mount_facts(path, table)

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from operation_executor.executor import OperationOutcome
 from operation_executor.types import BLOCK, PodRef
-from volumemanager.kube.node_status import volumes_in_use
-from volumemanager.kube.reporter import EventTarget, ReporterInputs
 
 if TYPE_CHECKING:
+    from operation_executor.executor import OperationOutcome
+    from volumemanager.kube.reporter import EventTarget, ReporterInputs
     from volumemanager.volume_manager import VolumeManager
 
 
@@ -29,6 +28,11 @@ def is_api_pod(source: str | None) -> bool:
 
 
 def reporter_inputs(vm: "VolumeManager") -> ReporterInputs:
+    # Imported here, not at the top: the daemon imports this module at every start, and the
+    # reporter (with the Events code, ~30 ms of imports) is needed only with an API server.
+    from volumemanager.kube.node_status import volumes_in_use
+    from volumemanager.kube.reporter import EventTarget, ReporterInputs
+
     dsw, asw, plugins = vm.dsw, vm.asw, vm.plugins
 
     def in_use() -> list[str]:

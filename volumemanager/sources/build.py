@@ -35,7 +35,12 @@ def build_source(cfg: DaemonConfig) -> Any:
 
 def find_api_source(source: Any) -> Any:
     """The API-server source inside a (wrapped, combined) source, or None."""
-    from volumemanager.sources.apiserver import ApiServerSource
+    import sys
+
+    module = sys.modules.get("volumemanager.sources.apiserver")
+    if module is None:
+        return None  # never imported, so no such source exists (and status need not import it)
+    ApiServerSource = module.ApiServerSource
 
     seen = 0
     todo = [source]
