@@ -6,7 +6,11 @@ from __future__ import annotations
 import os
 from typing import Callable, Mapping
 
-from operation_executor.types import ConfigMapRef, SecretRef
+from operation_executor.types import ConfigMapRef, PodInfo, SecretRef
+
+# (pod, audience, expirationSeconds) -> the token's bytes, or None when no API server serves
+# this pod's tokens; raises the projected plugin's ContentUnavailable while one is on its way.
+TokenLookup = Callable[[PodInfo, str, int], "bytes | None"]
 
 
 def escape_plugin_name(plugin_name: str) -> str:
@@ -34,6 +38,7 @@ class DaemonPluginHost:
         self._mounter = mounter
         self._secret_lookup = secret_lookup or (lambda ref: None)
         self._configmap_lookup: Callable[[ConfigMapRef], Mapping[str, bytes] | None] = lambda ref: None
+        self._token_lookup: TokenLookup = lambda pod, audience, expiration_seconds: None
 
     @property
     def mounter(self):
@@ -66,3 +71,11 @@ class DaemonPluginHost:
 
     def set_configmap_lookup(self, lookup: Callable[[ConfigMapRef], Mapping[str, bytes] | None]) -> None:
         self._configmap_lookup = lookup
+
+    def service_account_token(self, pod: PodInfo, audience: str, expiration_seconds: int) -> bytes | None:
+        """A projected ``serviceAccountToken``: the bound token of ``pod``'s service account
+        (kube/tokens.py), None in manifest mode. Never log the result."""
+        return self._token_lookup(pod, audience, expiration_seconds)
+
+    def set_token_lookup(self, lookup: TokenLookup) -> None:
+        self._token_lookup = lookup

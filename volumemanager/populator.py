@@ -438,6 +438,17 @@ class DesiredStatePopulator:
             self._on_volumes_changed(changed)
         return changed, recovered
 
+    def resolve_again(self, uids: Iterable[str]) -> set[str]:
+        """The content of these pods' volumes changed outside the snapshot (a service-account
+        token was issued or refreshed): re-resolve just them now, so a changed content token
+        reaches the reconciler. A uid the DSW does not have is ignored."""
+        with self._lock:
+            wanted = set(uids) & set(self._resolved_from)
+            if not wanted:
+                return set()
+            self._recheck |= wanted
+        return self.sync(recheck=True)
+
     def _source_recovered(self) -> None:
         for hook in list(self.on_source_recovered):
             try:

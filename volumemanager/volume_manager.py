@@ -100,6 +100,11 @@ class VolumeManager:
         self.reconciler = Reconciler(
             self.drain.desired_view, self.asw, self.executor, self.generator, ready_to_unmount=self._ready_to_unmount
         )
+        from volumemanager.kube.cluster_node import cluster_node_for
+
+        # API mode (issue 15): VolumeAttachments gate the API's CSI PVs, projected tokens via TokenRequest.
+        self.cluster_node = cluster_node_for(source, config.node_name, getattr(config, "kubeconfig", None), self.host,
+                                             self.populator.resolve_again, self.reconciler.wake_waiting)
         self.controller = self._build_controller(source)
         self.drain.attach(self.reconciler, self._ready_to_unmount)
         self.executor.add_completion_callback(_log_outcome)
@@ -427,6 +432,8 @@ class VolumeManager:
         """Stop the loop and the watchers. Mounts stay: stopping is not unmounting."""
         if getattr(self, "reporter", None) is not None:
             self.reporter.stop()
+        if getattr(self, "cluster_node", None) is not None:
+            self.cluster_node.stop()
         self.reconciler.stop()
         self.controller.stop()
         if self._thread is not None:

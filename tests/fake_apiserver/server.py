@@ -82,6 +82,10 @@ class FakeApiServer:
         self.bookmark_interval = bookmark_interval
         self.delay = 0.0
         self.auth_failure: Optional[int] = None
+        # Seconds a TokenRequest's token lives (expirationTimestamp), whatever expirationSeconds
+        # asked for (>= 600 is enforced as the real server does): lets a test see a refresh.
+        self.token_lifetime: Optional[float] = None
+        self.tokens_issued: list[str] = []
         self.requests: list[RequestRecord] = []
         self.port = 0
         self._httpd: Optional[ThreadingHTTPServer] = None
@@ -194,6 +198,10 @@ class FakeApiServer:
         """401 or 403 for every request from now on; None to heal."""
         assert code in (None, 401, 403)
         self.auth_failure = code
+
+    def set_token_lifetime(self, seconds: Optional[float]) -> None:
+        """Issue tokens that expire this many seconds after the request (None: as asked)."""
+        self.token_lifetime = seconds
 
     def set_delay(self, seconds: float) -> None:
         """Wait this long before answering any request (watch: before the headers)."""
@@ -625,15 +633,20 @@ class _Handler(BaseHTTPRequestHandler):
                                  f'the UID in record. The object might have been deleted and then recreated')
             pod_claim = {"name": pod["metadata"]["name"], "uid": pod["metadata"]["uid"]}
         now = datetime.now(timezone.utc).replace(microsecond=0)
-        exp = now + timedelta(seconds=exp_s)
+        lifetime = self.fake.token_lifetime
+        exp = (datetime.now(timezone.utc) + timedelta(seconds=lifetime) if lifetime is not None
+               else now + timedelta(seconds=exp_s))
         audiences = spec.get("audiences") or ["https://kubernetes.default.svc"]
         claims = {"aud": audiences, "exp": int(exp.timestamp()), "iat": int(now.timestamp()),
                   "iss": "https://kubernetes.default.svc", "sub": f"system:serviceaccount:{ns}:{sa_name}",
                   "kubernetes.io": {"namespace": ns, "serviceaccount": {"name": sa_name, "uid": sa["metadata"]["uid"]}}}
         if pod_claim:
             claims["kubernetes.io"]["pod"] = pod_claim
+        claims["jti"] = str(uuid.uuid4())  # every token differs, as the real server's do
+        token = _fake_jwt(claims)
+        self.fake.tokens_issued.append(token)
         out = {"kind": "TokenRequest", "apiVersion": "authentication.k8s.io/v1",
                "metadata": {"name": sa_name, "namespace": ns, "creationTimestamp": None},
                "spec": {"audiences": audiences, "expirationSeconds": exp_s, "boundObjectRef": ref},
-               "status": {"token": _fake_jwt(claims), "expirationTimestamp": exp.strftime("%Y-%m-%dT%H:%M:%SZ")}}
+               "status": {"token": token, "expirationTimestamp": exp.strftime("%Y-%m-%dT%H:%M:%SZ")}}
         self._send_json(201, out)

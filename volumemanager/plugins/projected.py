@@ -1,8 +1,11 @@
 """projected: configMap, secret and downwardAPI sources combined in one directory (the
 kubelet's ``kubernetes.io/projected``), on a tmpfs since it may hold secrets or tokens.
 
-A ``serviceAccountToken`` source needs an API server to issue the token: in manifest mode
-the volume waits, saying so, until such a source exists."""
+A ``serviceAccountToken`` source needs an API server to issue the token: for a pod from the
+API server the host's ``service_account_token`` lookup answers (kube/tokens.py: TokenRequest
+bound to the pod, refreshed at 80 % of its lifetime, the refresh re-resolving the pod so that
+the content token changes and the files are written again); for a manifest pod (or without
+an API server) the volume waits, saying so."""
 
 from __future__ import annotations
 
@@ -51,7 +54,12 @@ class ProjectedPlugin(ProjectionPlugin):
             elif isinstance(proj, m.DownwardAPIProjection):
                 out.update(downward_payload(proj.items, mode, spec.pod_info, self._allocatable()))
             elif isinstance(proj, m.ServiceAccountTokenProjection):
-                raise ContentUnavailable(SERVICE_ACCOUNT_TOKEN_REASON, "an API server")
+                lookup = getattr(self.host, "service_account_token", None)
+                token = (lookup(spec.pod_info, proj.audience, proj.expiration_seconds)
+                         if lookup is not None and spec.pod_info is not None else None)
+                if token is None:
+                    raise ContentUnavailable(SERVICE_ACCOUNT_TOKEN_REASON, "an API server")
+                out[proj.path] = FileProjection(bytes(token), mode)
             else:
                 raise ContentUnavailable(f"projected source {type(proj).__name__} is not served",
                                          "a version of the daemon that serves it")

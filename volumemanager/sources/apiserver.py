@@ -108,6 +108,9 @@ class ApiServerSource:
         self._timer_at: Optional[float] = None
         self._started_at = time.time()
         self._stopped = False
+        # Called (on the reflector's thread) when this node's VolumeAttachments change: the
+        # volumes that wait for one are looked at again (event-driven, kube/attachments.py).
+        self.on_attachments_change: list[Callable[[], None]] = []
 
     # -- DesiredStateSource ------------------------------------------------------------------
 
@@ -193,6 +196,12 @@ class ApiServerSource:
         callback = self._on_change
         if callback is not None:
             callback()
+        if reflector is not None and reflector is self._reflectors.get("volumeattachments"):
+            for hook in list(self.on_attachments_change):
+                try:
+                    hook()
+                except Exception:  # noqa: BLE001 - a hook's bug must not stop the watch
+                    log.exception("VolumeAttachment hook failed")
 
     def _wake(self) -> None:
         with self._lock:
