@@ -148,3 +148,18 @@ def test_the_per_pod_index_empties_when_every_volume_is_unmounted(executor):
         asw.mark_volume_unmounted(v.volume_id, "u1")
     assert asw.mounted_volumes_of_pod("ns/a") == [] and asw.mounted_volumes_of_pod("u1") == []
     assert asw._vids_by_uid == {} and asw._uids_by_key == {}
+
+
+def test_forgetting_a_volume_forgets_only_its_results():
+    """``forget_volume_results`` (a pass over a volume that is gone) goes by the volume's own
+    result keys, not over every result; the other volumes' results stay."""
+    asw = ActualStateOfWorld()
+    for vid in ("a", "b"):
+        for pod_uid in (None, "u1", "u2"):
+            asw.record_result(vid, pod_uid, "SetUp", FinalError("broken", "E_TEST"))
+    asw.forget_volume_results("a")
+    assert all(asw.result("a", uid) is None for uid in (None, "u1", "u2"))
+    assert all(asw.result("b", uid).error.code == "E_TEST" for uid in (None, "u1", "u2"))
+    asw.forget_volume_results("a")  # again: nothing left, nothing fails
+    asw.record_result("a", "u3", "SetUp", None)
+    assert asw.result("a", "u3") is not None
