@@ -141,3 +141,20 @@ def test_records_survive_a_reload_and_a_stray_temp_file_goes(tmp_path):
     assert not os.path.exists(tmp_path / "snapshots" / "snapshot-x.json.tmp")
     again.remove("snapshot-v1")
     assert again.all() == {} and not os.path.exists(again.path_of("snapshot-v1"))
+
+
+def test_an_unknown_outcome_is_sent_again_when_its_snapshot_is_gone_and_the_request_survives_the_journal():
+    gone = world(snaps=())
+    d = dc.decide(gone, {"pvc-u1": pv()}, READY, frozenset(), True, snapshot_records={},
+                  snapshots_in_background={"snapshot-v1": DRIVER})
+    assert kinds(d) == [("create_snapshot", "snapshot-v1")]
+    # Still wanted, or recorded: the ordinary rules.
+    d = dc.decide(world(), {"pvc-u1": pv()}, READY, frozenset(), True, snapshot_records={},
+                  snapshots_in_background={"snapshot-v1": DRIVER})
+    assert kinds(d) == [("create_snapshot", "snapshot-v1")]
+    d = dc.decide(gone, {"pvc-u1": pv()}, READY, frozenset(), True, snapshot_records={"snapshot-v1": rec()},
+                  snapshots_in_background={"snapshot-v1": DRIVER})
+    assert kinds(d) == [("delete_snapshot", "snapshot-v1")]
+    klass = vsc(**{"tier": "gold", sn.SECRET_NAME_KEY: "s", sn.SECRET_NAMESPACE_KEY: "ns"})
+    req = sn.build_snapshot_request(vs(), klass, pv(), "demo/data")
+    assert sn.SnapshotRequest.from_record_dict(req.to_record_dict()) == req

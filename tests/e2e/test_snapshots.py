@@ -202,14 +202,19 @@ def test_not_ready_snapshot_is_followed_and_a_restore_waits_for_it_then_retain_k
     registered(d)
     d.write_manifest("base.yaml", docs(storage_class(), snapshot_class("Retain"), claim("data", SRC_UID)))
     wait_until(lambda: d.status()["claims"] and d.status()["claims"][0]["phase"] == "Bound", 30, what="Bound")
-    plugin.set_fault("SnapshotNotReady", polls=5)
+    plugin.set_fault("SnapshotNotReady", polls=6)
     restored_uid = "5a000000-0000-4000-8000-000000000004"
     d.write_manifest("snap.yaml", docs(volume_snapshot(),
                                         claim("restored", restored_uid, source="VolumeSnapshot/snap1"),
                                         *pods_on_claim("restored", ("reader",))))
-    wait_until(lambda: snapshots(d).get("demo/snap1", {}).get("snapshot_handle"), 30, what="the snapshot created")
+
+    def not_ready() -> bool:
+        s = snapshots(d).get("demo/snap1", {})
+        return bool(s.get("snapshot_handle")) and s["ready_to_use"] is False and s["last_error"] is None
+
+    wait_until(not_ready, 30, what="the snapshot created, not ready")
     s = snapshots(d)["demo/snap1"]
-    assert s["ready_to_use"] is False and s["phase"] == "Pending" and s["last_error"] is None, s
+    assert s["phase"] == "Pending" and s["next_retry_seconds"] is not None, s
     out = d.cli("explain", "demo/reader", check=False)
     assert out.returncode == 1
     assert "claim demo/restored is Pending" in out.stdout, out.stdout
@@ -220,7 +225,7 @@ def test_not_ready_snapshot_is_followed_and_a_restore_waits_for_it_then_retain_k
     assert not any(c["name"] == f"pvc-{restored_uid}" for c in plugin.calls("CreateVolume"))
 
     wait_until(lambda: snapshots(d)["demo/snap1"]["ready_to_use"], 40, what="the snapshot followed until ready")
-    assert len(plugin.calls("CreateSnapshot")) >= 6, "followed by sending CreateSnapshot again"
+    assert len(plugin.calls("CreateSnapshot")) >= 7, "followed by sending CreateSnapshot again"
     assert {c["name"] for c in plugin.calls("CreateSnapshot")} == {f"snapshot-{SNAP_UID}"}
     assert d.cli("wait", "demo/reader", "--timeout", "60").returncode == 0
 
@@ -253,3 +258,25 @@ def test_sigkill_during_create_snapshot_then_restart_makes_one_snapshot(daemon_f
     assert {c["name"] for c in plugin.calls("CreateSnapshot")} == {f"snapshot-{SNAP_UID}"}
     assert any(i["step"] == "CreateSnapshot" for i in d.status()["interrupted_at_start"])
     assert snapshots(d)["demo/snap1"]["snapshot_handle"] in driver_state(plugin)["snapshots"]
+
+
+def test_sigkill_during_create_snapshot_then_snapshot_removed_before_restart_deletes_it(daemon_factory, csi_loop):
+    """The intent keeps the request: after a restart the interrupted CreateSnapshot is sent
+    again although its VolumeSnapshot is gone, and the snapshot it made is deleted, not leaked."""
+    d = daemon_factory(extra_args=["--csi-timeout", "20"])
+    plugin = csi_loop(extra_args=CONTROLLER_ARGS)
+    registered(d)
+    d.write_manifest("base.yaml", docs(storage_class(), snapshot_class(), claim("data", SRC_UID)))
+    wait_until(lambda: d.status()["claims"] and d.status()["claims"][0]["phase"] == "Bound", 30, what="Bound")
+    plugin.set_fault("CreateSnapshot", sleep=3, count=1)
+    d.write_manifest("snap.yaml", volume_snapshot())
+    wait_until(lambda: plugin.calls("CreateSnapshot"), 15, what="CreateSnapshot sent")
+    d.kill()  # SIGKILL
+    (d.manifests / "snap.yaml").unlink()
+    wait_until(lambda: len(driver_state(plugin).get("snapshots", {})) == 1, 15, what="the slow CreateSnapshot done")
+    d.start()
+    wait_until(lambda: plugin.calls("DeleteSnapshot"), 30, what="DeleteSnapshot of the snapshot made before the crash")
+    wait_until(lambda: driver_state(plugin).get("snapshots") == {}, 15, what="no snapshot left in the driver")
+    assert {c["name"] for c in plugin.calls("CreateSnapshot")} == {f"snapshot-{SNAP_UID}"}
+    wait_until(lambda: d.status()["snapshots"] == [], 15, what="no snapshot record left")
+    assert not (d.root / "state" / "snapshots" / f"snapshot-{SNAP_UID}.json").exists()

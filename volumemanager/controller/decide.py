@@ -85,6 +85,7 @@ def decide(
     ready_to_delete: bool,
     in_background: Mapping[str, str] = {},
     snapshot_records: Mapping[str, SnapshotRecord] | None = None,
+    snapshots_in_background: Mapping[str, str] = {},
 ) -> Decision:
     """Actions for every claim and every provisioned volume of ``snap`` (the desired state
     *without* our records merged in).
@@ -141,7 +142,7 @@ def decide(
                                             f"CreateVolume {name} for claim {claim.key} (class {sc.name}{origin})",
                                             claim.uid, content_source=source))
     if snapshot_records is not None:
-        sn.decide_snapshots(snap, records, snapshot_records, drivers, ready_to_delete, out)
+        sn.decide_snapshots(snap, records, snapshot_records, drivers, ready_to_delete, out, snapshots_in_background)
     for name, pv in sorted(records.items()):
         uid = claim_uid_of(pv)
         if uid in live_uids:

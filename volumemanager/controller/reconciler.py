@@ -73,6 +73,8 @@ class ControllerReconciler:
         self._snapshot_ops = snapshot_ops
         # The content source (restore/clone) of each CreateVolume in _background.
         self._background_sources: dict[str, tuple[str, str]] = {}
+        # CreateSnapshot calls whose outcome is unknown: name -> the request to send again.
+        self._snapshot_background: dict[str, sn.SnapshotRequest] = {}
         self._source = source
         self._records = records
         self._drivers = drivers
@@ -132,6 +134,8 @@ class ControllerReconciler:
             name = key[len(KEY_PREFIX):]
             with self._cond:
                 self._results[name] = _Result(outcome.operation, outcome.error, time.time())
+                if outcome.operation == "CreateSnapshot" and (outcome.error is None or not is_uncertain(outcome.error)):
+                    self._snapshot_background.pop(name, None)
                 if outcome.operation == "CreateVolume" and (outcome.error is None or not is_uncertain(outcome.error)):
                     self._background.pop(name, None)
             if outcome.error is None:
@@ -146,6 +150,9 @@ class ControllerReconciler:
 
         for rec in intents:
             key = str(rec.get("volume_id") or "")
+            if rec.get("step") == "CreateSnapshot" and key.startswith(KEY_PREFIX):
+                self._adopt_snapshot(key[len(KEY_PREFIX):], rec)
+                continue
             if rec.get("step") != "CreateVolume" or not key.startswith(KEY_PREFIX):
                 continue
             try:
@@ -188,8 +195,11 @@ class ControllerReconciler:
             background = {name: sc.provisioner for name, (_, sc) in self._background.items()}
         snap = self._source.raw_snapshot()
         snapshots = self._snapshot_records.all() if self._snapshot_records is not None else None
+        with self._cond:
+            snapshots_background = {name: req.driver for name, req in self._snapshot_background.items()}
         return dc.decide(snap, records, self._driver_views(), self._in_use_names(records, snap),
-                         self._ready_to_delete(), background, snapshot_records=snapshots)
+                         self._ready_to_delete(), background, snapshot_records=snapshots,
+                             snapshots_in_background=snapshots_background)
 
     def reconcile(self) -> list[dc.ControllerAction]:
         self.passes += 1
@@ -258,6 +268,12 @@ class ControllerReconciler:
         snap = self._source.raw_snapshot()
         uid = action.name[len(sn.NAME_PREFIX):]
         vs = next((v for v in snap.volumesnapshots.values() if v.uid == uid), None)
+        with self._cond:
+            earlier = self._snapshot_background.get(action.name)
+        if vs is None and earlier is not None:
+            # Its outcome was unknown and its VolumeSnapshot is gone: the same request again, so
+            # the snapshot the driver may hold gets a record (then deleted or retained), not leaked.
+            return self._snapshot_ops.create(action, lambda: earlier)
         claim = snap.pvcs.get((vs.namespace, vs.source_pvc_name)) if vs is not None else None
         pv = sn.pv_of_claim(claim, snap, self._records.all()) if claim is not None else None
         if vs is None or claim is None or pv is None or not isinstance(pv.source, m.CSISource):
@@ -265,7 +281,28 @@ class ControllerReconciler:
         vsc = sn.snapshot_class_of(vs, snap, pv.source.driver)
         if vsc is None:
             return None
-        return self._snapshot_ops.create(action, lambda: sn.build_snapshot_request(vs, vsc, pv, claim.key))
+
+        def build() -> sn.SnapshotRequest:
+            request = sn.build_snapshot_request(vs, vsc, pv, claim.key)
+            with self._cond:  # from the moment the call may reach the driver until its outcome is known
+                self._snapshot_background[action.name] = request
+            return request
+
+        return self._snapshot_ops.create(action, build)
+
+    def _adopt_snapshot(self, name: str, intent: dict) -> None:
+        """A CreateSnapshot the last run began and never ended may have made a snapshot: if its
+        VolumeSnapshot is gone by now, it is sent again from the intent (see _generate_snapshot)."""
+        try:
+            request = sn.SnapshotRequest.from_record_dict((intent.get("details") or {})["request"])
+        except (KeyError, TypeError, ValueError) as e:
+            log.error("interrupted CreateSnapshot of %s cannot be finished: its intent record is incomplete (%s); "
+                      "the driver may hold a snapshot of that name", name, e)
+            return
+        with self._cond:
+            self._snapshot_background.setdefault(name, request)
+        log.warning("CreateSnapshot of %s (volumesnapshot %s/%s) was interrupted by the last stop: it is sent "
+                    "again", name, request.namespace, request.snapshot)
 
     def snapshots(self) -> list[dict]:
         """``status --json`` ``snapshots``: one entry per VolumeSnapshot of the desired state, and

@@ -53,7 +53,8 @@ class SnapshotOperations:
         client = self._base._client(req.driver)
         secrets = self._base._secrets(req.secret_ref)
         details = {"name": req.name, "driver": req.driver, "source_volume_id": req.source_volume_id,
-                   "snapshot": f"{req.namespace}/{req.snapshot}", "uid": req.uid, "source_claim": req.source_claim}
+                   "snapshot": f"{req.namespace}/{req.snapshot}", "uid": req.uid, "source_claim": req.source_claim,
+                   "request": req.to_record_dict()}
         created = self._base._journaled("CreateSnapshot", req.name, details, lambda: client.create_snapshot(
             req.name, req.source_volume_id, req.parameters, secrets))
         if not created.snapshot_id:

@@ -75,6 +75,28 @@ class SnapshotRequest:
     snapshot_class: str = ""
     deletion_policy: str = "Delete"
 
+    def to_record_dict(self) -> dict:
+        """For the CreateSnapshot intent: the same request after a restart (secret by name only)."""
+        ref = self.secret_ref
+        return {"name": self.name, "driver": self.driver, "source_volume_id": self.source_volume_id,
+                "parameters": dict(self.parameters), "secret_name": ref.name if ref else "",
+                "secret_namespace": ref.namespace if ref else "", "namespace": self.namespace,
+                "snapshot": self.snapshot, "uid": self.uid, "source_claim": self.source_claim,
+                "source_pv": self.source_pv, "snapshot_class": self.snapshot_class,
+                "deletion_policy": self.deletion_policy}
+
+    @classmethod
+    def from_record_dict(cls, d: Mapping) -> SnapshotRequest:
+        """``KeyError``/``TypeError``/``ValueError`` for an incomplete intent."""
+        name, driver, source = str(d["name"]), str(d["driver"]), str(d["source_volume_id"])
+        if not name.startswith(NAME_PREFIX) or not driver or not source:
+            raise ValueError("name, driver and source_volume_id are required")
+        ref = SecretRef(str(d["secret_namespace"]), str(d["secret_name"])) if d.get("secret_name") else None
+        return cls(name, driver, source, {str(k): str(v) for k, v in dict(d.get("parameters") or {}).items()}, ref,
+                   str(d.get("namespace") or ""), str(d.get("snapshot") or ""), str(d.get("uid") or ""),
+                   str(d.get("source_claim") or ""), str(d.get("source_pv") or ""),
+                   str(d.get("snapshot_class") or ""), str(d.get("deletion_policy") or "Delete"))
+
     @classmethod
     def from_record(cls, rec: SnapshotRecord) -> SnapshotRequest:
         """The same request again, to follow a snapshot that is not ready yet."""
@@ -183,10 +205,25 @@ def content_source(claim: m.PersistentVolumeClaim, sc: m.StorageClass, snap: m.S
 
 def decide_snapshots(snap: m.Snapshot, records: Mapping[str, m.PersistentVolume],
                      snapshot_records: Mapping[str, SnapshotRecord], drivers: Mapping[str, DriverView],
-                     ready_to_delete: bool, out: Decision) -> None:
-    """Add the snapshot actions (create, follow, delete) and waits of ``snap`` to ``out``."""
+                     ready_to_delete: bool, out: Decision, in_background: Mapping[str, str] = {}) -> None:
+    """Add the snapshot actions (create, follow, delete) and waits of ``snap`` to ``out``.
+
+    ``in_background``: snapshot name -> driver of each CreateSnapshot whose outcome is unknown
+    (uncertain, or interrupted by a crash). If its VolumeSnapshot is gone it is sent again anyway:
+    then the snapshot has a record and is deleted (or retained) by its deletion policy, not leaked."""
     from volumemanager.controller.decide import ControllerAction
 
+    live_names = {snapshot_name(v) for v in snap.volumesnapshots.values()}
+    for name, driver_name in sorted(in_background.items()):
+        if name in snapshot_records or name in live_names:
+            continue  # done, or handled below
+        view = drivers.get(driver_name)
+        if view is None or not view.has_controller:
+            out.waiting[name] = f"CSI driver {driver_name} (with its Controller service) to register"
+            continue
+        out.actions.append(ControllerAction(CREATE_SNAPSHOT, name, driver_name, None,
+                                            f"CreateSnapshot {name} again: its outcome was unknown and its "
+                                            "VolumeSnapshot is gone (the snapshot is then deleted or retained)"))
     live = set()
     for vs in sorted(snap.volumesnapshots.values(), key=lambda v: v.key):
         name = snapshot_name(vs)
