@@ -312,8 +312,15 @@ class OperationGenerator:
 
         return GeneratedOperation(UNMOUNT_DEVICE, run, self._lane(av.plugin_name, av.spec))
 
-    def expand_volume(self, av: AttachedVolume) -> GeneratedOperation:
-        """Grow a staged volume's filesystem to its device's size (online expansion)."""
+    def expand_volume(self, av: AttachedVolume, spec: VolumeSpec | None = None,
+                      target_bytes: int | None = None) -> GeneratedOperation:
+        """Grow a staged volume's filesystem to its device's size (online expansion).
+
+        ``spec``/``target_bytes``: an expansion the reconciler decided (the desired spec says
+        the filesystem must reach ``target_bytes``); the plugin gets the desired spec, and a
+        plugin that cannot expand is an error (else the same expansion would be decided again
+        and again)."""
+        use = spec if spec is not None else av.spec
 
         def run() -> None:
             plugin = self._plugins.find(av.plugin_name)
@@ -322,10 +329,16 @@ class OperationGenerator:
                     "expand",
                     av.volume_id,
                     None,
-                    {"device_path": av.device_path, "device_mount_path": av.device_mount_path},
-                    lambda: plugin.expand(av.spec, av.device_path, av.device_mount_path),
+                    {"device_path": av.device_path, "device_mount_path": av.device_mount_path,
+                     "target_bytes": target_bytes},
+                    lambda: plugin.expand(use, av.device_path, av.device_mount_path),
                     durable=plugin.durable_intents,
                 )
+                if size is None and target_bytes is not None:
+                    raise FinalError(f"{plugin.display_name} cannot expand volume {av.volume_id} on the node "
+                                     f"(to {target_bytes} bytes)", code="NODE_EXPANSION_NOT_SUPPORTED")
+                if size is not None and target_bytes is not None:
+                    size = max(int(size), target_bytes)  # succeeded: the driver may not say the size
             except BaseException as e:
                 # A failed resize leaves the filesystem as it was, still mounted: record why.
                 err = as_operation_error(e, "Expand")

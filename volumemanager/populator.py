@@ -19,6 +19,12 @@ from volumemanager.cache.desired_state import DesiredPod, DesiredStateOfWorld, U
 from volumemanager.manifests import models as m
 from volumemanager.sources.base import SourceHealth
 
+# The PV annotation the controller's expansion writes (controller/records.py) and the key of
+# VolumeSpec.extra the node reconciler reads it from.
+NODE_EXPAND_BYTES_ANNOTATION = "volumemanager.io/node-expand-bytes"
+NODE_EXPAND_BYTES = "node_expand_bytes"
+
+
 log = logging.getLogger(__name__)
 
 
@@ -210,7 +216,16 @@ def resolve_volume(
         claim=claim_key,
         access_modes=pvc.access_modes or pv.access_modes,
         capacity_bytes=pv.capacity_bytes,
+        extra=_node_expand_extra(pv),
     )
+
+
+def _node_expand_extra(pv: m.PersistentVolume) -> dict[str, str]:
+    """The size NodeExpandVolume must bring the filesystem to (a provisioned volume expanded
+    with node_expansion_required): the node reconciler's ``decide`` compares it with the size
+    the actual state recorded for the staged volume."""
+    value = pv.annotations.get(NODE_EXPAND_BYTES_ANNOTATION)
+    return {NODE_EXPAND_BYTES: value} if value and value.isdigit() else {}
 
 
 def resolve_pod(

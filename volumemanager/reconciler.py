@@ -25,6 +25,7 @@ from typing import Callable, Iterable
 from operation_executor.errors import AlreadyPendingError, BackoffError, WaitingError
 from operation_executor.executor import OperationExecutor, OperationKey, OperationOutcome
 from operation_executor.generator import (
+    EXPAND_VOLUME,
     MOUNT_VOLUME,
     UNMOUNT_DEVICE,
     UNMOUNT_VOLUME,
@@ -55,7 +56,7 @@ MAX_IDLE_SLEEP_SECONDS = 10.0
 class Action:
     """One operation the reconciler wants to start (shown by ``plan``)."""
 
-    kind: str  # mount_volume | remount_volume | unmount_volume | unmount_device
+    kind: str  # mount_volume | remount_volume | unmount_volume | unmount_device | expand_volume
     volume_id: str
     pod_uid: str | None
     pod: str | None  # "namespace/name"
@@ -291,7 +292,34 @@ class Reconciler:
                     and not dsw.volume_exists(av.volume_id)
                 ):
                     actions.append(self._unmount_device_action(av))
+        # 4. staged volumes whose filesystem must grow (a claim expanded with
+        #    node_expansion_required): online, never unmounting; right after a fresh stage too
+        actions.extend(self._expand_actions(dsw, ids))
         return actions
+
+    def _expand_actions(self, dsw, ids: list[str]) -> list[Action]:
+        """NodeExpandVolume for every desired, certainly staged volume whose desired spec asks
+        for a filesystem size (``VolumeSpec.extra[node_expand_bytes]``) above the size the
+        actual state recorded for it (None after a stage: the stage knows no size)."""
+        out: list[Action] = []
+        wanted: dict[str, VolumeToMount] = {}
+        for vtm in dsw.volumes_to_mount(ids):
+            if vtm.spec.extra.get(NODE_EXPAND_BYTES):
+                wanted.setdefault(vtm.volume_id, vtm)
+        if not wanted:
+            return out
+        for av in self._asw.attached_volumes(sorted(wanted)):
+            if not av.device_mountable or av.device_state is not DeviceMountState.MOUNTED:
+                continue  # not staged (yet): expanded right after the stage
+            target = _expand_target(wanted[av.volume_id].spec)
+            have = self._asw.size_bytes(av.volume_id)
+            if target is None or (have is not None and have >= target):
+                continue
+            out.append(Action(EXPAND_VOLUME, av.volume_id, None, None, wanted[av.volume_id].outer_name,
+                              av.plugin_name, f"expand {av.device_mount_path or av.volume_id} to {target} bytes "
+                              f"online (NodeExpandVolume; recorded size {have if have is not None else 'unknown'})"))
+        return out
+
 
     def plan(self, desired=None) -> list[Action]:
         """What a full pass would start now, each marked with what holds it back, if anything
@@ -378,7 +406,27 @@ class Reconciler:
         if action.kind == UNMOUNT_DEVICE:
             av = self._asw.get_volume(vid)
             return self._generator.unmount_device(av) if av is not None else None
+        if action.kind == EXPAND_VOLUME:
+            av = self._asw.get_volume(vid)
+            vtm = next(iter(self._dsw.volumes_to_mount([vid])), None)
+            target = _expand_target(vtm.spec) if vtm is not None else None
+            if av is None or target is None or av.device_state is not DeviceMountState.MOUNTED:
+                return None
+            have = self._asw.size_bytes(vid)
+            if have is not None and have >= target:
+                return None  # done since the pass decided
+            return self._generator.expand_volume(av, vtm.spec, target)
         raise ValueError(f"unknown action {action.kind}")
+
+
+# VolumeSpec.extra key of the filesystem size a node expansion must reach (the populator
+# copies it from the PV's volumemanager.io/node-expand-bytes annotation).
+NODE_EXPAND_BYTES = "node_expand_bytes"
+
+
+def _expand_target(spec) -> int | None:
+    value = spec.extra.get(NODE_EXPAND_BYTES) if spec.extra else None
+    return int(value) if value and str(value).isdigit() else None
 
 
 def _device_number(path: str | None, major: int | None, minor: int | None) -> tuple[int, int] | None:

@@ -531,7 +531,9 @@ class VolumeManager:
         for r in rows:
             lines = st.explain_row(r, drivers)
             if r.state != st.MOUNTED:
-                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume)
+                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume, node_size=r.size_bytes)
+            else:  # a mounted volume's claim may be growing (expansion)
+                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume, True, r.size_bytes)
             out.append({"volume": r.volume, "state": r.state, "lines": lines, "row": r.to_dict()})
         out_lines = [] if rows else [f"pod {pod_key} has no volumes"]
         drained = self.drain.explain_line()
@@ -566,7 +568,8 @@ class VolumeManager:
         return 1, {"pod": pod_key, "found": True, "desired": False, "volumes": out,
                    "lines": [f"pod {pod_key} is not desired any more: its volumes are being torn down"]}
 
-    def _claim_lines(self, namespace: str, pod_key: str, volume: str) -> list[str]:
+    def _claim_lines(self, namespace: str, pod_key: str, volume: str, expansion_only: bool = False,
+                     node_size: int | None = None) -> list[str]:
         """The controller's part of explain for a pod volume on a claim (provisioning...)."""
         from volumemanager.manifests.models import PVCSource
 
@@ -574,7 +577,7 @@ class VolumeManager:
         vol = pod.volume(volume) if pod is not None else None
         if vol is None or not isinstance(vol.source, PVCSource):
             return []
-        return self.controller.explain_claim(namespace, vol.source.claim_name)
+        return self.controller.explain_claim(namespace, vol.source.claim_name, expansion_only, node_size)
 
     def plan(self) -> list[dict]:
         return self.controller.plan() + [a.to_dict() for a in self.reconciler.plan()]

@@ -21,13 +21,19 @@ from dataclasses import dataclass, field
 from typing import Mapping
 
 from volumemanager.controller import claims as cl
-from volumemanager.controller.records import ANN_CLAIM_UID
+from volumemanager.controller.records import ANN_CLAIM_UID, ANN_NODE_EXPAND_BYTES, ANN_REQUESTED_BYTES  # noqa: F401
 from volumemanager.controller import snapshots as sn
 from volumemanager.controller.snapshot_records import SnapshotRecord
 from volumemanager.manifests import models as m
 
 PROVISION = "provision"
 DELETE = "delete"
+EXPAND = "expand"
+EXPAND_VOLUME = "EXPAND_VOLUME"
+# A bound claim whose expansion is refused (nothing is called): the codes shown as its error.
+EXPANSION_NOT_ALLOWED = "EXPANSION_NOT_ALLOWED"
+SHRINK_REFUSED = "VOLUME_SHRINK_REFUSED"
+EXPANSION_NOT_SUPPORTED = "EXPANSION_NOT_SUPPORTED"
 CREATE_DELETE_VOLUME = "CREATE_DELETE_VOLUME"
 NO_PROVISIONER = "kubernetes.io/no-provisioner"
 
@@ -38,13 +44,14 @@ class DriverView:
 
     has_controller: bool
     controller_capabilities: frozenset[str] = frozenset()
+    node_capabilities: frozenset[str] = frozenset()  # NodeGetCapabilities (the trivial resizer's EXPAND_VOLUME)
 
 
 @dataclass(frozen=True)
 class ControllerAction:
     """One controller step to start. ``name`` is the volume's (PV) name and the operation key."""
 
-    kind: str  # provision | delete | (attach, expand, snapshot: added by their steps)
+    kind: str  # provision | delete | expand | (attach, snapshot: added by their steps)
     name: str
     driver: str
     claim: str | None  # "namespace/name"
@@ -71,6 +78,9 @@ class Decision:
     actions: list[ControllerAction] = field(default_factory=list)
     # volume name -> what it waits for (no action now)
     waiting: dict[str, str] = field(default_factory=dict)
+    # volume name -> (code, message): a claim's wish refused without any call (a shrink, a
+    # class that does not allow expansion); shown as the claim's error.
+    refused: dict[str, tuple[str, str]] = field(default_factory=dict)
 
 
 def claim_uid_of(pv: m.PersistentVolume) -> str | None:
@@ -143,6 +153,7 @@ def decide(
                                             claim.uid, content_source=source))
     if snapshot_records is not None:
         sn.decide_snapshots(snap, records, snapshot_records, drivers, ready_to_delete, out, snapshots_in_background)
+    _decide_expansions(snap, records, drivers, out)
     for name, pv in sorted(records.items()):
         uid = claim_uid_of(pv)
         if uid in live_uids:
@@ -161,6 +172,62 @@ def decide(
                                                 f"DeleteVolume {_handle(pv)} (claim {_claim_ref(pv)} is gone, "
                                                 "reclaim policy Delete)", uid))
     return out
+
+
+def requested_bytes_of(pv: m.PersistentVolume) -> int:
+    """The request the volume was last provisioned or expanded for (the shrink rule compares
+    with it, not with the capacity, which a driver may round up)."""
+    value = pv.annotations.get(ANN_REQUESTED_BYTES)
+    if value and value.isdigit():
+        return int(value)
+    return int(pv.capacity_bytes or 0)
+
+
+def _decide_expansions(snap: m.Snapshot, records: Mapping[str, m.PersistentVolume],
+                       drivers: Mapping[str, DriverView], out: Decision) -> None:
+    """The external-resizer's part: a bound claim whose request exceeds its provisioned
+    volume's capacity is expanded (ControllerExpandVolume when the driver has the controller
+    EXPAND_VOLUME, else the trivial resizer when it has the node one); a request below the
+    volume's is refused (volumes never shrink), as is one whose class does not allow it."""
+    by_uid = {c.uid: c for c in snap.pvcs.values() if c.uid}
+    for name, pv in sorted(records.items()):
+        claim = by_uid.get(claim_uid_of(pv) or "")
+        if claim is None or claim.request_bytes is None or claim.volume_name:
+            continue
+        if not isinstance(pv.source, m.CSISource) or not pv.source.volume_handle:
+            continue
+        want = int(claim.request_bytes)
+        had = requested_bytes_of(pv)
+        capacity = int(pv.capacity_bytes or 0)
+        if want < had:
+            out.refused[name] = (SHRINK_REFUSED, f"claim {claim.key} requests {want} bytes, less than the {had} "
+                                 f"bytes of persistentvolume {name}: volumes are never shrunk (nothing was called; "
+                                 f"set the request back to at least {had})")
+            continue
+        if want <= capacity:
+            continue
+        sc = cl.storage_class_of(claim, snap)
+        sc_name = claim.storage_class_name or pv.storage_class_name or ""
+        if sc is None or not sc.allow_volume_expansion:
+            out.refused[name] = (EXPANSION_NOT_ALLOWED, f"storageclass {sc_name} does not allow volume expansion "
+                                 f"(claim {claim.key} requests {want} bytes, persistentvolume {name} has {capacity})")
+            continue
+        driver_name = pv.source.driver
+        view = drivers.get(driver_name)
+        if view is None:
+            out.waiting[name] = f"CSI driver {driver_name} to register (to expand to {want} bytes)"
+        elif view.has_controller and EXPAND_VOLUME in view.controller_capabilities:
+            out.actions.append(ControllerAction(EXPAND, name, driver_name, claim.key,
+                                                f"ControllerExpandVolume {pv.source.volume_handle} from {capacity} "
+                                                f"to {want} bytes (claim {claim.key})", claim.uid))
+        elif EXPAND_VOLUME in view.node_capabilities:
+            out.actions.append(ControllerAction(EXPAND, name, driver_name, claim.key,
+                                                f"expand {name} from {capacity} to {want} bytes on the node only "
+                                                f"(NodeExpandVolume; the driver has no controller EXPAND_VOLUME)",
+                                                claim.uid))
+        else:
+            out.refused[name] = (EXPANSION_NOT_SUPPORTED, f"CSI driver {driver_name} has no EXPAND_VOLUME "
+                                 f"capability (controller or node): claim {claim.key} cannot grow to {want} bytes")
 
 
 def _claim_ref(pv: m.PersistentVolume) -> str | None:

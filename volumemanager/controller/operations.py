@@ -174,6 +174,93 @@ class ControllerOperations:
         log.info("deleted volume %s (%s)", name, src.volume_handle, extra={"volume": name})
 
 
+    # --- expand ---------------------------------------------------------------------------
+
+    def expand(self, action: ControllerAction, claim: m.PersistentVolumeClaim, sc: m.StorageClass | None,
+               controller: bool) -> GeneratedOperation:
+        """ControllerExpandVolume (``controller``) or the trivial resizer (no controller call:
+        the node's NodeExpandVolume does it all), then the PV record's new capacity."""
+        operation = "ControllerExpandVolume" if controller else "ExpandVolume"
+
+        def run() -> None:
+            try:
+                self._expand(action.name, claim, sc, controller)
+            except BaseException as e:
+                raise as_operation_error(e, operation) from None
+
+        return GeneratedOperation(operation, run, LANE_PREFIX + action.driver)
+
+    def _expand(self, name: str, claim: m.PersistentVolumeClaim, sc: m.StorageClass | None, controller: bool) -> None:
+        pv = self._records.get(name)
+        if pv is None or not isinstance(pv.source, m.CSISource) or not pv.source.volume_handle:
+            return  # deleted meanwhile
+        src = pv.source
+        want = int(claim.request_bytes or 0)
+        if want <= int(pv.capacity_bytes or 0):
+            return  # done meanwhile
+        try:
+            doc = self._records.document(name)
+        except (OSError, ValueError) as e:
+            raise UncertainError(f"reading the PersistentVolume record {self._records.path_of(name)}: {e}",
+                                 code="RECORD_READ_FAILED") from None
+        if controller:
+            client = self._client(src.driver)
+            ref = _secret_param(sc, "controller-expand", claim, name) if sc is not None else None
+            secrets = self._secrets(ref)
+            capability = _capability_of(pv, self._drivers.get(src.driver))
+            details = {"volume_id": src.volume_handle, "driver": src.driver, "claim": claim.key,
+                       "required_bytes": want, "capacity_bytes": pv.capacity_bytes}
+            answer = self._journaled("ControllerExpandVolume", name, details, lambda: client.controller_expand_volume(
+                src.volume_handle, want, capability, secrets))
+            capacity = max(answer.capacity_bytes or want, want)
+            node_required = answer.node_expansion_required
+        else:
+            # The trivial resizer (external-resizer's for drivers with only the node
+            # EXPAND_VOLUME): the PV says the new size and the node grows the volume.
+            capacity, node_required = want, True
+        spec = doc.setdefault("spec", {})
+        spec.setdefault("capacity", {})["storage"] = str(capacity)
+        annotations = doc.setdefault("metadata", {}).setdefault("annotations", {})
+        annotations[rec.ANN_REQUESTED_BYTES] = str(want)
+        if node_required:
+            annotations[rec.ANN_NODE_EXPAND_BYTES] = str(capacity)
+        try:
+            self._records.write(doc)
+        except OSError as e:
+            # The volume grew; the next attempt sends the same request (idempotent) and writes again.
+            raise UncertainError(f"writing the PersistentVolume record {self._records.path_of(name)}: "
+                                 f"{e.strerror}", code="RECORD_WRITE_FAILED") from None
+        log.info("expanded %s for claim %s to %d bytes%s", name, claim.key, capacity,
+                 "; NodeExpandVolume follows on the node" if node_required else "",
+                 extra={"volume": name, "claim": claim.key})
+
+
+def _secret_param(sc: m.StorageClass, op: str, claim: m.PersistentVolumeClaim, pv_name: str) -> SecretRef | None:
+    """The ``csi.storage.k8s.io/<op>-secret-name``/``-namespace`` reference of a class."""
+    sname = sc.parameters.get(f"{cl.PREFIX}{op}-secret-name")
+    sns = sc.parameters.get(f"{cl.PREFIX}{op}-secret-namespace")
+    if not sname and not sns:
+        return None
+    if not sname or not sns:
+        raise FinalError(f"StorageClass {sc.name}: {cl.PREFIX}{op}-secret-name and -namespace must be given together",
+                         code="INVALID_PARAMETER")
+    return SecretRef(cl._resolve_template(sns, claim, pv_name, op, False),
+                     cl._resolve_template(sname, claim, pv_name, op, True))
+
+
+def _capability_of(pv: m.PersistentVolume, info: Any) -> Any:
+    """The PV's volume capability (its first access mode), as the resizer sends it."""
+    from volumemanager.csi import client as node_client
+
+    snmw = info is not None and "SINGLE_NODE_MULTI_WRITER" in info.controller_capabilities
+    table = cl._ACCESS_SNMW if snmw else cl._ACCESS
+    mode = table.get((pv.access_modes or ("ReadWriteOnce",))[0], "SINGLE_NODE_WRITER")
+    block = pv.volume_mode == m.BLOCK
+    fs_type = "" if block else (pv.source.fs_type or "")
+    return node_client.volume_capability(block, node_client.csi_pb2.VolumeCapability.AccessMode.Mode.Value(mode),
+                                         fs_type, () if block else tuple(pv.mount_options))
+
+
 def pv_document(claim: m.PersistentVolumeClaim, sc: m.StorageClass, request: cl.ProvisionRequest, volume_id: str,
                 capacity: int, volume_context: Mapping[str, str],
                 accessible_topology: tuple[dict[str, str], ...]) -> dict[str, Any]:
@@ -186,6 +273,8 @@ def pv_document(claim: m.PersistentVolumeClaim, sc: m.StorageClass, request: cl.
         rec.ANN_DELETION_SECRET_NAMESPACE: request.secret_ref.namespace if request.secret_ref else "",
         "volumemanager.io/provisioned-at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
+    if request.required_bytes:
+        annotations[rec.ANN_REQUESTED_BYTES] = str(request.required_bytes)
     csi: dict[str, Any] = {"driver": sc.provisioner, "volumeHandle": volume_id,
                            "volumeAttributes": dict(volume_context)}
     if request.fs_type:

@@ -89,6 +89,7 @@ class ControllerReconciler:
         self._thread: threading.Thread | None = None
         self._results: dict[str, _Result] = {}
         self._last_waiting: dict[str, str] = {}
+        self._last_refused: dict[str, tuple[str, str]] = {}  # expansions refused by decide (no call)
         # CreateVolume calls whose outcome is unknown: name -> (claim, class) to send again.
         self._background: dict[str, tuple[m.PersistentVolumeClaim, m.StorageClass]] = {}
         self.passes = 0
@@ -172,7 +173,8 @@ class ControllerReconciler:
     # --- deciding -------------------------------------------------------------------------
 
     def _driver_views(self) -> dict[str, dc.DriverView]:
-        return {d.name: dc.DriverView(d.controller_endpoint is not None, d.controller_capabilities)
+        return {d.name: dc.DriverView(d.controller_endpoint is not None, d.controller_capabilities,
+                                      frozenset(d.capabilities))
                 for d in self._drivers.list()}
 
     def _in_use_names(self, records: dict[str, m.PersistentVolume], snap: m.Snapshot) -> frozenset[str]:
@@ -206,6 +208,7 @@ class ControllerReconciler:
         decision = self.decision()
         with self._cond:
             self._last_waiting = dict(decision.waiting)
+            self._last_refused = dict(decision.refused)
         started = []
         for action in decision.actions:
             if self._start(action):
@@ -251,6 +254,15 @@ class ControllerReconciler:
             return replace(op, fn=run)
         if action.kind == dc.DELETE:
             return self._ops.delete(action)
+        if action.kind == dc.EXPAND:
+            snap = self._source.raw_snapshot()
+            claim = next((c for c in snap.pvcs.values() if c.uid == action.claim_uid), None)
+            if claim is None:
+                return None
+            views = self._driver_views()
+            view = views.get(action.driver)
+            controller = view is not None and view.has_controller and dc.EXPAND_VOLUME in view.controller_capabilities
+            return self._ops.expand(action, claim, cl.storage_class_of(claim, snap), controller)
         if action.kind in (sn.CREATE_SNAPSHOT, sn.DELETE_SNAPSHOT):
             return self._generate_snapshot(action)
         raise ValueError(f"unknown controller action {action.kind!r}")
@@ -411,6 +423,12 @@ class ControllerReconciler:
         running = self._executor.pending_operation(operation_key(name))
         if running is not None:
             out["in_progress"] = running
+        refused = self._last_refused.get(name)
+        if refused is not None and running is None:
+            # Refused by the rules, nothing called: no retry until the claim or class changes.
+            out["last_error"] = {"operation": "ExpandVolume", "code": refused[0], "message": refused[1],
+                                 "at": None}
+            return out
         if err is not None and not isinstance(err, WaitingError):
             out["last_error"] = {
                 "operation": result.operation,
@@ -451,7 +469,7 @@ class ControllerReconciler:
             entry = _entry(claim.key, claim.uid, phase, pv, claim.request_bytes, claim.storage_class_name)
             entry["pv"] = entry["pv"] or claim.volume_name
             entry["static"] = bool(claim.volume_name)
-            entry["waiting_for"] = None if phase == BOUND else waiting.get(name)
+            entry["waiting_for"] = waiting.get(name)
             if phase == PENDING and sc is None:
                 entry["waiting_for"] = (f"StorageClass {claim.storage_class_name}" if claim.storage_class_name
                                         else "a volumeName or a storageClassName")
@@ -468,8 +486,11 @@ class ControllerReconciler:
             out.append(entry)
         return out
 
-    def explain_claim(self, namespace: str, name: str) -> list[str]:
-        """The controller's part of the chain for a pod volume on claim namespace/name."""
+    def explain_claim(self, namespace: str, name: str, expansion_only: bool = False,
+                      node_size: int | None = None) -> list[str]:
+        """The controller's part of the chain for a pod volume on claim namespace/name.
+        ``expansion_only``: only the expansion lines (a mounted volume's claim may be growing);
+        ``node_size``: the filesystem size the node recorded for the volume (None: unknown)."""
         key = f"{namespace}/{name}"
         entry = next((c for c in self._claim_entries() if c["claim"] == key and c["phase"] != RELEASED), None)
         if entry is None or entry.pop("static", False):
@@ -478,7 +499,10 @@ class ControllerReconciler:
             line = f"claim {key} is Bound to persistentvolume {entry['pv']}"
             if entry.get("provisioned_by"):
                 line += f" (volume {entry['volume_handle']}, provisioned by {entry['provisioned_by']})"
-            return [line]
+            more = self._explain_expansion(entry, node_size)
+            return more if expansion_only else [line] + more
+        if expansion_only:
+            return []
         if entry["phase"] == LOST:
             return [f"claim {key} is Lost: its persistentvolume {entry['pv'] or '?'} does not exist"]
         lines = [f"claim {key} is Pending"] + self._data_source_lines(namespace, name)
@@ -493,6 +517,34 @@ class ControllerReconciler:
             lines.append(f"waiting for {entry['waiting_for']}")
         elif err is None and not entry["in_progress"]:
             lines.append("provisioning: CreateVolume about to start")
+        return lines
+
+
+    def _explain_expansion(self, entry: dict, node_size: int | None = None) -> list[str]:
+        """The expansion part of a Bound claim's chain: refused / ControllerExpandVolume failed
+        CODE / in progress / waiting for NodeExpandVolume."""
+        lines: list[str] = []
+        want, have = entry.get("requested_bytes"), entry.get("capacity_bytes")
+        err = entry.get("last_error")
+        if err is not None and err.get("operation") == "ExpandVolume":
+            return [f"expansion refused ({err['code']}): {err['message']}"]
+        if entry.get("in_progress"):
+            lines.append(f"expansion: {entry['in_progress']} in progress (to {want} bytes)")
+        if err is not None and err.get("operation") in ("ControllerExpandVolume",):
+            # Shown during its retry too: the last answer is what the operator needs.
+            lines.append(f"{err['operation']} failed with {err['code']}: {err['message']}")
+            if entry.get("next_retry_seconds") is not None and not entry.get("in_progress"):
+                lines.append(f"next retry in {entry['next_retry_seconds']:.1f} s")
+        if entry.get("waiting_for"):
+            lines.append(f"expansion waiting for {entry['waiting_for']}")
+        pv = self._records.get(entry["pv"]) if entry.get("pv") else None
+        node_bytes = pv.annotations.get(dc.ANN_NODE_EXPAND_BYTES) if pv is not None else None
+        if not lines and want is not None and have is not None and want > have:
+            lines.append(f"expansion: ControllerExpandVolume to {want} bytes about to start (capacity {have})")
+        if node_bytes and node_bytes.isdigit() and not lines and (node_size or 0) < int(node_bytes):
+            lines.append(f"capacity {have} bytes: waiting for NodeExpandVolume to grow the filesystem to "
+                         f"{node_bytes} bytes (online while staged, never unmounting; otherwise right after "
+                         "the next stage)")
         return lines
 
 

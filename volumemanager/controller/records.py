@@ -32,6 +32,12 @@ ANN_PROVISIONED_BY_ISSUE = "volumes.kubernetes.io/provisioned-by"
 # name is a different claim and must not inherit the volume.
 ANN_CLAIM_UID = "volumemanager.io/claim-uid"
 # external-provisioner keeps the provisioner secret ref for DeleteVolume in these.
+# Expansion: the claim's request the volume was last provisioned or expanded for (the shrink
+# rule compares with it), and the size NodeExpandVolume must bring the filesystem to when the
+# driver answered node_expansion_required (the node reconciler expands a staged volume whose
+# recorded size is below it: online while staged, otherwise right after the next stage).
+ANN_REQUESTED_BYTES = "volumemanager.io/requested-bytes"
+ANN_NODE_EXPAND_BYTES = "volumemanager.io/node-expand-bytes"
 ANN_DELETION_SECRET_NAME = "volume.kubernetes.io/provisioner-deletion-secret-name"
 ANN_DELETION_SECRET_NAMESPACE = "volume.kubernetes.io/provisioner-deletion-secret-namespace"
 
@@ -119,6 +125,12 @@ class ProvisionedVolumes:
             self._pvs[name] = found[0]
             self.generation += 1
         return found[0]
+
+    def document(self, name: str) -> dict[str, Any]:
+        """The record's document as written (to change a field and ``write`` it back);
+        ``OSError``/``ValueError`` when it cannot be read."""
+        with open(self.path_of(name), "rb") as f:
+            return json.loads(f.read())
 
     def remove(self, name: str) -> None:
         """Forget a deleted volume (after DeleteVolume succeeded), durably."""

@@ -86,6 +86,14 @@ class CreatedSnapshot:
     ready_to_use: bool
 
 
+@dataclass(frozen=True)
+class ExpandedVolume:
+    """What ControllerExpandVolume answered."""
+
+    capacity_bytes: int  # 0: the driver did not say
+    node_expansion_required: bool
+
+
 class CSIControllerClient:
     """One gRPC channel to the endpoint serving a driver's Controller service."""
 
@@ -242,3 +250,19 @@ class CSIControllerClient:
         self._controller_call(
             "DeleteSnapshot", csi_pb2.DeleteSnapshotRequest(snapshot_id=snapshot_id, secrets=dict(secrets or {}))
         )
+
+    def controller_expand_volume(
+        self,
+        volume_id: str,
+        required_bytes: int,
+        capability: csi_pb2.VolumeCapability | None = None,
+        secrets: Mapping[str, str] | None = None,
+    ) -> ExpandedVolume:
+        """ControllerExpandVolume as the external-resizer sends it: ``required_bytes`` only (no
+        limit), the PV's capability, the controller-expand secrets."""
+        req = csi_pb2.ControllerExpandVolumeRequest(volume_id=volume_id, secrets=dict(secrets or {}))
+        req.capacity_range.required_bytes = int(required_bytes)
+        if capability is not None:
+            req.volume_capability.CopyFrom(capability)
+        resp = self._controller_call("ControllerExpandVolume", req)
+        return ExpandedVolume(int(resp.capacity_bytes), bool(resp.node_expansion_required))
