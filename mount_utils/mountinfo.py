@@ -409,6 +409,27 @@ def _stack_order(mounts: Sequence[MountInfo]) -> list[MountInfo]:
 _WATCH_EVENTS = select.POLLPRI | select.POLLERR
 
 
+def _lines_under(data: bytes, under: str) -> list[bytes]:
+    point = os.fsencode(escape_field(_norm(under)))
+    exact, below = b" " + point + b" ", b" " + point.rstrip(b"/") + b"/"
+    return [line for line in data.split(b"\n") if line and (exact in line or below in line)]
+
+
+def read_lines_under(under: str, path: str = DEFAULT_MOUNTINFO) -> list[bytes]:
+    """The raw lines of `path` that may be mounts at or below `under` (see
+    ``MountInfoWatcher.lines_under``), for ``table_of_lines`` or ``mount_point_of``."""
+    with open(path, "rb") as f:
+        return _lines_under(f.read(), under)
+
+
+def mount_point_of(line: bytes) -> str:
+    """The mount point of one raw mountinfo line, without parsing the rest of it."""
+    fields = line.split(b" ", 5)
+    if len(fields) < 6:
+        raise MountInfoParseError(0, f"expected at least 10 fields, found {len(fields)}")
+    return unescape_field(os.fsdecode(fields[4]))
+
+
 def table_of_lines(lines: Iterable[bytes], under: str) -> MountTable:
     """The mounts at or below `under` among raw mountinfo lines (``MountInfoWatcher.lines_under``)."""
     mounts = []
@@ -471,9 +492,7 @@ class MountInfoWatcher:
         """Read the mount table now and keep only the raw lines that may be mounts at or below
         `under` (a byte test, nothing parsed): cheap enough to compare with the last read and
         skip the parse when nothing of ours changed (the table changes for everyone's mounts)."""
-        point = os.fsencode(escape_field(_norm(under)))
-        exact, below = b" " + point + b" ", b" " + point.rstrip(b"/") + b"/"
-        return [line for line in self._read().split(b"\n") if line and (exact in line or below in line)]
+        return _lines_under(self._read(), under)
 
     def _read(self) -> bytes:
         fd = self.fileno()

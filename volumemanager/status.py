@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass, fields
 from typing import Callable
 
+from mount_utils.mounter import LinuxMounter
+from mount_utils.mountinfo import mount_point_of, read_lines_under, table_of_lines
 from operation_executor.errors import OperationError, WaitingError
 from operation_executor.executor import OperationExecutor, OperationKey
 from operation_executor.states import DeviceMountState, VolumeMountState
@@ -284,6 +286,22 @@ def fs_group_lines(fs: dict | None) -> list[str]:
 def holder_lines(holders: list[dict] | None) -> list[str]:
     """``busy: held by pid 1234 (sleep): cwd /var/lib/.../cache`` for each holder."""
     return [f"busy: held by pid {h['pid']} ({h['command']}): {', '.join(h['holds'])}" for h in holders or ()]
+
+
+def orphans(mounter, root_dir: str, known_paths: set[str]) -> list[dict]:
+    """``find_orphans`` for the daemon's mounter. With the kernel's table, only the lines below
+    the root dir whose mount point is not known are parsed: at 10,000 volumes parsing the whole
+    table was a fifth of ``status`` (and every line below the root is usually a known volume)."""
+    if not isinstance(mounter, LinuxMounter):
+        return find_orphans(root_dir, mounter.mount_table(), known_paths)
+    root = os.path.abspath(root_dir)
+    below = root.rstrip("/") + "/"
+    unknown = []
+    for line in read_lines_under(root, mounter.mountinfo_path):
+        point = mount_point_of(line)
+        if point != root and point.startswith(below) and point not in known_paths:
+            unknown.append(line)
+    return find_orphans(root_dir, table_of_lines(unknown, root), known_paths)
 
 
 def find_orphans(root_dir: str, table, known_paths: set[str]) -> list[dict]:

@@ -476,18 +476,11 @@ class VolumeManager:
         return self.asw.count_mounted(pairs), len(pairs)
 
     def known_mount_paths(self) -> set[str]:
-        paths: set[str] = set()
-        for av in self.asw.attached_volumes():
-            if av.device_mount_path:
-                paths.add(av.device_mount_path)
-        for mv in self.asw.mounted_volumes():
-            paths.add(mv.mount_path)
-        return paths
+        return self.asw.known_mount_paths()
 
     def status(self) -> dict:
-        table = self.mounter.mount_table()
         snap = self.populator.snapshot
-        orphans = st.find_orphans(self.config.root_dir, table, self.known_mount_paths())
+        orphans = st.orphans(self.mounter, self.config.root_dir, self.known_mount_paths())
         from volumemanager.sources.build import find_api_source, source_entries
 
         api = find_api_source(self.populator.source)
@@ -531,9 +524,7 @@ class VolumeManager:
         for r in rows:
             lines = st.explain_row(r, drivers)
             if r.state != st.MOUNTED:
-                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume, node_size=r.size_bytes)
-            else:  # a mounted volume's claim may be growing (expansion)
-                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume, True, r.size_bytes)
+                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume)
             out.append({"volume": r.volume, "state": r.state, "lines": lines, "row": r.to_dict()})
         out_lines = [] if rows else [f"pod {pod_key} has no volumes"]
         drained = self.drain.explain_line()
@@ -568,8 +559,7 @@ class VolumeManager:
         return 1, {"pod": pod_key, "found": True, "desired": False, "volumes": out,
                    "lines": [f"pod {pod_key} is not desired any more: its volumes are being torn down"]}
 
-    def _claim_lines(self, namespace: str, pod_key: str, volume: str, expansion_only: bool = False,
-                     node_size: int | None = None) -> list[str]:
+    def _claim_lines(self, namespace: str, pod_key: str, volume: str) -> list[str]:
         """The controller's part of explain for a pod volume on a claim (provisioning...)."""
         from volumemanager.manifests.models import PVCSource
 
@@ -577,7 +567,7 @@ class VolumeManager:
         vol = pod.volume(volume) if pod is not None else None
         if vol is None or not isinstance(vol.source, PVCSource):
             return []
-        return self.controller.explain_claim(namespace, vol.source.claim_name, expansion_only, node_size)
+        return self.controller.explain_claim(namespace, vol.source.claim_name)
 
     def plan(self) -> list[dict]:
         return self.controller.plan() + [a.to_dict() for a in self.reconciler.plan()]

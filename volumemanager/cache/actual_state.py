@@ -259,6 +259,15 @@ class ActualStateOfWorld:
             vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
             return [self._mounted(v, p) for v in vols for p in v.pods.values() if p.state.may_be_mounted]
 
+    def known_mount_paths(self) -> set[str]:
+        """Every path the actual state accounts for (pod mounts that may be mounted, staging
+        mounts), for ``status``'s orphans: one pass under the lock, no copies of the volumes."""
+        with self._lock:
+            paths = {v.device_mount_path for v in self._volumes.values() if v.device_mount_path}
+            paths.update(p.mount_path for v in self._volumes.values() for p in v.pods.values()
+                         if p.state.may_be_mounted)
+            return paths
+
     def mounted_volumes_of_pod(self, key_or_uid: str) -> list[MountedVolume]:
         """The pod mounts that may be mounted of one pod, by "namespace/name" or by UID: from
         the per-pod indexes, in time proportional to that pod's volumes."""
