@@ -163,3 +163,15 @@ def test_forgetting_a_volume_forgets_only_its_results():
     asw.forget_volume_results("a")  # again: nothing left, nothing fails
     asw.record_result("a", "u3", "SetUp", None)
     assert asw.result("a", "u3") is not None
+
+
+def test_pod_of_uid_answers_from_the_index():
+    asw = ActualStateOfWorld()
+    pod = PodRef("u1", "ns", "a")
+    _mark_mounted(asw, _vtm(pod, "x"))
+    _mark_mounted(asw, _vtm(pod, "y"), uncertain=True)
+    assert asw.pod_of_uid("u1") == pod and asw.pod_of_uid("u2") is None
+    asw.mark_volume_unmounted(f"{PLUGIN}/u1-x", "u1")
+    assert asw.pod_of_uid("u1") == pod  # the uncertain one may still be mounted
+    asw.mark_volume_unmounted(f"{PLUGIN}/u1-y", "u1")
+    assert asw.pod_of_uid("u1") is None

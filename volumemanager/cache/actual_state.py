@@ -268,6 +268,18 @@ class ActualStateOfWorld:
                          if p.state.may_be_mounted)
             return paths
 
+    def pod_of_uid(self, pod_uid: str) -> PodRef | None:
+        """The pod (as last recorded) one of whose volumes may be mounted under ``pod_uid``;
+        None when none is. From the per-pod index: a question about one UID (is it taken on
+        this node, and by whom?) must not copy every volume (``mounted_volumes``)."""
+        with self._lock:
+            for vid in self._vids_by_uid.get(pod_uid, ()):
+                v = self._volumes.get(vid)
+                p = v.pods.get(pod_uid) if v is not None else None
+                if p is not None and p.state.may_be_mounted:
+                    return p.pod
+            return None
+
     def mounted_volumes_of_pod(self, key_or_uid: str) -> list[MountedVolume]:
         """The pod mounts that may be mounted of one pod, by "namespace/name" or by UID: from
         the per-pod indexes, in time proportional to that pod's volumes."""
