@@ -52,6 +52,10 @@ WAITING_RECHECK_SECONDS = 5.0
 MAX_IDLE_SLEEP_SECONDS = 10.0
 
 
+# Executor keys of the controller steps (controller/<pv>): not node volumes.
+CONTROLLER_KEY_PREFIX = "controller/"
+
+
 @dataclass(frozen=True)
 class Action:
     """One operation the reconciler wants to start (shown by ``plan``)."""
@@ -167,6 +171,10 @@ class Reconciler:
 
     def _on_operation_complete(self, outcome: OperationOutcome) -> None:
         vid = outcome.key.volume_id
+        if vid.startswith(CONTROLLER_KEY_PREFIX):
+            # The controller's keys (its own loop retries them): a node pass over such a key
+            # would find it neither desired nor mounted and forget its backoff at once.
+            return
         if isinstance(outcome.error, WaitingError):
             # Nothing will change until the awaited device or driver shows up: wait for its
             # event (wake_waiting) or the slow re-check, never retry at once (a busy loop).

@@ -69,7 +69,8 @@ class VolumeManager:
         self.flex = FlexProber(getattr(config, "volume_plugin_dir", DEFAULT_VOLUME_PLUGIN_DIR),
                                on_change=self._flex_drivers_changed)
         self._flex_resolving = False
-        self.plugins = build_plugins(self.host, self.drivers, csi_fs_group_policy=self._csi_fs_group_policy, flex_drivers=self.flex)
+        self.plugins = build_plugins(self.host, self.drivers, csi_fs_group_policy=self._csi_fs_group_policy, flex_drivers=self.flex,
+                                     csi_publish_context=self._csi_publish_context)
         self.dsw = DesiredStateOfWorld()
         self.asw = ActualStateOfWorld()
         self.executor = OperationExecutor()
@@ -142,6 +143,17 @@ class VolumeManager:
         obj = populator.snapshot.csi_driver(driver) if populator is not None else None
         return obj.fs_group_policy if obj is not None else None
 
+    def _csi_publish_context(self, driver: str, volume_handle: str, pv_name: str | None) -> dict[str, str]:
+        """The CSI plugin's narrow lookup of a PV's attachment (issue 14 attach): its
+        publish_context, {} when it needs none; WaitingError until it is attached."""
+        attach = getattr(self, "attach", None)
+        return attach.publish_context(driver, volume_handle, pv_name) if attach is not None else {}
+
+    def _attach_not_required(self) -> frozenset[str]:
+        """Drivers whose CSIDriver object says ``attachRequired: false``."""
+        snap = self.populator.snapshot
+        return frozenset(name for name, d in snap.csidrivers.items() if not d.attach_required)
+
     def _observe_fs_group(self, plugin: str, result) -> None:
         metrics = getattr(self, "metrics", None)
         if metrics is not None:
@@ -183,7 +195,15 @@ class VolumeManager:
         from volumemanager.controller.operations import ControllerOperations
         from volumemanager.controller.reconciler import ControllerReconciler
 
+        from volumemanager.controller.attach import AttachController, AttachmentRecords
+
         ops = ControllerOperations(self.drivers, self.provisioned, self.journal, self.populator.get_secret)
+        # Attach/detach (ControllerPublish/Unpublish) of the CSI PVs the node wants.
+        self.attach = AttachController(
+            self.drivers, AttachmentRecords(os.path.join(self.config.root_dir, "state")), self.journal,
+            self.populator.get_secret, lambda: [v.spec for v in self.dsw.volumes_to_mount()],
+            self._volumes_in_use, self._ready_to_unmount, self._attach_not_required, self.executor)
+        self.attach.on_attach_outcome.append(self.reconciler.wake_waiting)
         from volumemanager.controller.snapshot_operations import SnapshotOperations
         from volumemanager.controller.snapshot_records import SnapshotRecords
 
@@ -191,7 +211,7 @@ class VolumeManager:
         self.snapshot_records = SnapshotRecords(os.path.join(self.config.root_dir, "state"))
         controller = ControllerReconciler(source, self.provisioned, self.drivers, self.executor, ops,
                                           self._volumes_in_use, self._ready_to_unmount,
-                                          lambda: self.populator.sync(),
+                                          lambda: self.populator.sync(), attach=self.attach,
                                           snapshot_records=self.snapshot_records,
                                           snapshot_ops=SnapshotOperations(ops, self.snapshot_records))
         source.on_change_hooks.append(controller.wake)
@@ -343,6 +363,7 @@ class VolumeManager:
         self._start_drivers()
         self._load_pod_owners()
         self.provisioned.load()
+        self.attach.records.load()
         self.snapshot_records.load()
         open_intents = getattr(self.journal, "open_intents", None)
         if callable(open_intents):  # before reconstruction forgets them
@@ -498,6 +519,7 @@ class VolumeManager:
             "sources": source_entries(self.populator.source_healths(), api),
             "interrupted_at_start": list(self.interrupted_at_start),
             "claims": self.controller.claims(),
+            "attachments": self.attach.entries(),
             "snapshots": self.controller.snapshots(),
             "reconciler": {
                 "passes": self.reconciler.passes,

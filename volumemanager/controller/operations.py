@@ -280,7 +280,8 @@ def pv_document(claim: m.PersistentVolumeClaim, sc: m.StorageClass, request: cl.
     if request.fs_type:
         csi["fsType"] = request.fs_type
     for key, field in (("node-stage", "nodeStageSecretRef"), ("node-publish", "nodePublishSecretRef"),
-                       ("node-expand", "nodeExpandSecretRef")):
+                       ("node-expand", "nodeExpandSecretRef"),
+                       ("controller-publish", "controllerPublishSecretRef")):
         sname = sc.parameters.get(f"{cl.PREFIX}{key}-secret-name")
         sns = sc.parameters.get(f"{cl.PREFIX}{key}-secret-namespace")
         if sname and sns:

@@ -68,7 +68,11 @@ class ControllerReconciler:
         on_records_changed: Callable[[], None],
         snapshot_records: SnapshotRecords | None = None,
         snapshot_ops: SnapshotOperations | None = None,
+        attach: Any = None,
     ) -> None:
+        # Attach/detach (controller/attach.py): its actions join each pass; a volume is
+        # deleted only after its ControllerUnpublishVolume.
+        self._attach = attach
         self._snapshot_records = snapshot_records
         self._snapshot_ops = snapshot_ops
         # The content source (restore/clone) of each CreateVolume in _background.
@@ -199,9 +203,18 @@ class ControllerReconciler:
         snapshots = self._snapshot_records.all() if self._snapshot_records is not None else None
         with self._cond:
             snapshots_background = {name: req.driver for name, req in self._snapshot_background.items()}
-        return dc.decide(snap, records, self._driver_views(), self._in_use_names(records, snap),
+        decision = dc.decide(snap, records, self._driver_views(), self._in_use_names(records, snap),
                          self._ready_to_delete(), background, snapshot_records=snapshots,
                              snapshots_in_background=snapshots_background)
+        if self._attach is not None:
+            from volumemanager.controller import attach as at
+
+            attached = self._attach.decision()
+            decision.actions = at.hold_deletes(decision.actions, decision.waiting, self._attach.records.all(),
+                                               dc.DELETE) + attached.actions
+            for name, why in attached.waiting.items():
+                decision.waiting.setdefault(name, why)
+        return decision
 
     def reconcile(self) -> list[dc.ControllerAction]:
         self.passes += 1
@@ -227,6 +240,8 @@ class ControllerReconciler:
             return False
 
     def _generate(self, action: dc.ControllerAction):
+        if self._attach is not None and action.kind in ("attach", "detach"):
+            return self._attach.operation(action)
         if action.kind == dc.PROVISION:
             snap = self._source.raw_snapshot()
             claim = next((c for c in snap.pvcs.values() if c.uid == action.claim_uid), None)

@@ -266,3 +266,23 @@ class CSIControllerClient:
             req.volume_capability.CopyFrom(capability)
         resp = self._controller_call("ControllerExpandVolume", req)
         return ExpandedVolume(int(resp.capacity_bytes), bool(resp.node_expansion_required))
+
+    def controller_publish_volume(
+        self,
+        volume_id: str,
+        node_id: str,
+        capability: csi_pb2.VolumeCapability,
+        readonly: bool = False,
+        secrets: Mapping[str, str] | None = None,
+        volume_context: Mapping[str, str] | None = None,
+    ) -> dict[str, str]:
+        """Attach the volume to the node; returns the ``publish_context`` for NodeStage/NodePublish."""
+        resp = self._controller_call("ControllerPublishVolume", csi_pb2.ControllerPublishVolumeRequest(
+            volume_id=volume_id, node_id=node_id, volume_capability=capability, readonly=readonly,
+            secrets=dict(secrets or {}), volume_context=dict(volume_context or {})))
+        return dict(resp.publish_context)
+
+    def controller_unpublish_volume(self, volume_id: str, node_id: str,
+                                    secrets: Mapping[str, str] | None = None) -> None:
+        self._controller_call("ControllerUnpublishVolume", csi_pb2.ControllerUnpublishVolumeRequest(
+            volume_id=volume_id, node_id=node_id, secrets=dict(secrets or {})))

@@ -714,7 +714,7 @@ def _csi(
     read_only = c.boolean(m, "readOnly", field)
     refs: dict[str, SecretRef | None] = {}
     ref_keys = ("nodePublishSecretRef",) if inline else (
-        "nodeStageSecretRef", "nodePublishSecretRef", "nodeExpandSecretRef"
+        "nodeStageSecretRef", "nodePublishSecretRef", "nodeExpandSecretRef", "controllerPublishSecretRef"
     )
     for key in ref_keys:
         _, refs[key] = _secret_ref(c, m, key, field, inline, pod_namespace)
@@ -729,6 +729,7 @@ def _csi(
         node_stage_secret_ref=refs.get("nodeStageSecretRef"),
         node_publish_secret_ref=refs.get("nodePublishSecretRef"),
         node_expand_secret_ref=refs.get("nodeExpandSecretRef"),
+        controller_publish_secret_ref=refs.get("controllerPublishSecretRef"),
     )
 
 

@@ -126,6 +126,7 @@ class CSISource:
     node_stage_secret_ref: SecretRef | None = None
     node_publish_secret_ref: SecretRef | None = None
     node_expand_secret_ref: SecretRef | None = None
+    controller_publish_secret_ref: SecretRef | None = None  # ControllerPublish/Unpublish (attach)
 
     @property
     def inline(self) -> bool:

@@ -7,7 +7,7 @@ line in :func:`build_plugins`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Mapping
 
 from operation_executor.plugin import PluginHost, PluginRegistry
 
@@ -18,7 +18,9 @@ if TYPE_CHECKING:
 
 def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = None,
                   csi_fs_group_policy: Callable[[str], str | None] | None = None,
-                  flex_drivers: FlexDriverLookup | None = None) -> PluginRegistry:
+                  flex_drivers: FlexDriverLookup | None = None,
+                  csi_publish_context: Callable[[str, str, str | None], Mapping[str, str]] | None = None,
+                  ) -> PluginRegistry:
     """Every built-in plugin. CSI needs the driver registry (a fresh empty one when None)
     and, to honour CSIDriver objects, ``csi_fs_group_policy`` (driver name -> its CSIDriver's
     fsGroupPolicy or None); the others only the host. Imported here, not at the top, so that importing one plugin
@@ -43,7 +45,8 @@ def build_plugins(host: PluginHost, driver_registry: DriverRegistry | None = Non
     reg.register(HostPathPlugin(host))
     reg.register(LocalPlugin(host))
     reg.register(NFSPlugin(host))
-    reg.register(CSIPlugin(host, driver_registry, fs_group_policy=csi_fs_group_policy))
+    reg.register(CSIPlugin(host, driver_registry, fs_group_policy=csi_fs_group_policy,
+                           publish_context=csi_publish_context))  # the attachments' publish_context
     reg.register(ConfigMapPlugin(host))
     reg.register(SecretPlugin(host))
     reg.register(DownwardAPIPlugin(host))

@@ -36,6 +36,8 @@ if TYPE_CHECKING:  # the client imports gRPC: loaded when a CSI volume is first 
 
 log = logging.getLogger(__name__)
 
+PublishContextLookup = Callable[[str, str, "str | None"], Mapping[str, str]]
+
 PLUGIN_NAME = "kubernetes.io/csi"
 VOL_DATA_FILE = "vol_data.json"
 GLOBAL_MOUNT_DIR = "globalmount"
@@ -169,9 +171,13 @@ class CSIPlugin(VolumePlugin):
     name = PLUGIN_NAME
 
     def __init__(self, host: PluginHost, registry: DriverRegistry,
-                 fs_group_policy: Callable[[str], str | None] | None = None) -> None:
+                 fs_group_policy: Callable[[str], str | None] | None = None,
+                 publish_context: PublishContextLookup | None = None) -> None:
         super().__init__(host)
         self.registry = registry
+        # (driver, volume handle, PV name) -> the publish_context of the volume's attachment
+        # ({} when it needs none); raises WaitingError until ControllerPublishVolume succeeded.
+        self._publish_context_of = publish_context
         # driver name -> its CSIDriver object's fsGroupPolicy, None when there is no such
         # object (the desired state's snapshot; the kubelet reads the API server's).
         self._fs_group_policy_of = fs_group_policy
@@ -289,6 +295,14 @@ class CSIPlugin(VolumePlugin):
             raise FinalError(f"volume {spec.name}: inline CSI volume needs a pod", code="BAD_SPEC")
         return inline_volume_handle(pod.uid, spec.name)
 
+    def _publish_context(self, spec: VolumeSpec) -> dict[str, str]:
+        """The attachment's publish_context for NodeStage/NodePublish of a PV (the kubelet's
+        devicePath / VolumeAttachment attachmentMetadata); {} for inline volumes."""
+        src = self._source(spec)
+        if not src.volume_handle or self._publish_context_of is None:
+            return {}
+        return dict(self._publish_context_of(src.driver, src.volume_handle, spec.pv_name))
+
     def _staged(self, spec: VolumeSpec, info: DriverInfo) -> bool:
         return self.is_device_mountable(spec) and info.has(CAP_STAGE)
 
@@ -343,6 +357,7 @@ class CSIPlugin(VolumePlugin):
 
     def wait_for_device(self, spec: VolumeSpec) -> str | None:
         self._driver(self._source(spec).driver)
+        self._publish_context(spec)  # attached first (ControllerPublishVolume), like the kubelet's WaitForAttach
         return None
 
     def device_mount_path(self, spec: VolumeSpec) -> str | None:
@@ -358,6 +373,7 @@ class CSIPlugin(VolumePlugin):
         if not src.volume_handle:
             raise FinalError(f"volume {spec.name}: inline CSI volumes have no device layer", code="BAD_SPEC")
         info, client = self._driver(src.driver)
+        publish_context = self._publish_context(spec)
         sha_dir = os.path.dirname(device_mount_path)
         os.makedirs(device_mount_path, mode=DIR_MODE, exist_ok=True)
         _write_json(
@@ -376,6 +392,7 @@ class CSIPlugin(VolumePlugin):
                 volume_capability=self._capability(spec, info),
                 secrets=secrets,
                 volume_context=dict(src.volume_attributes or {}),
+                publish_context=publish_context,
             )
         except FinalError:
             # Certainly not staged: leave nothing behind (kubelet removes the mount dir too).
@@ -442,6 +459,7 @@ class CSIPlugin(VolumePlugin):
             )
         secrets = self._secrets(src.node_publish_secret_ref)
         capability = self._capability(spec, info)
+        publish_context = self._publish_context(spec)
 
         # The CO creates the parent; the driver creates the target itself (CSI spec).
         os.makedirs(parent, mode=DIR_MODE, exist_ok=True)
@@ -467,6 +485,7 @@ class CSIPlugin(VolumePlugin):
                 staging_target_path=staging,
                 secrets=secrets,
                 volume_context=volume_context,
+                publish_context=publish_context,
             )
         except FinalError:
             # Certainly not published: remove what we created (kubelet removeMountDir), but
