@@ -28,6 +28,11 @@ What is different, and why:
   then left alone, see above).
 * It can run several threads: the syscalls release the GIL. See ``bench/fsgroup.py`` for the
   measurements behind ``DEFAULT_WORKERS``.
+* The walk below the root runs in C when ``mount_utils._ownership`` is built (``setup.py``,
+  optional): the same rules without ~1 us of interpreter per file and without the GIL, so
+  pthreads share the tree (``NATIVE_DEFAULT_WORKERS``). This module's Python walk stays the
+  reference and the fallback (no compiler at install time, ``native=False``, or
+  ``VOLUMEMANAGER_FSGROUP_WALK=python`` in the environment); the root is fixed here either way.
 """
 
 from __future__ import annotations
@@ -43,6 +48,11 @@ from dataclasses import dataclass, field
 
 from mount_utils.mountinfo import MountTable
 
+try:  # the optional C walk (setup.py); without it every walk is the Python one below
+    from mount_utils import _ownership as _native
+except ImportError:  # pragma: no cover - depends on the build
+    _native = None
+
 ALWAYS = "Always"
 ON_ROOT_MISMATCH = "OnRootMismatch"
 POLICIES = (ALWAYS, ON_ROOT_MISMATCH)
@@ -55,6 +65,11 @@ EXEC_MASK = 0o110
 # files, bench/fsgroup.py): the Python between syscalls holds the GIL. More workers only pay
 # where each syscall waits long (a network filesystem).
 DEFAULT_WORKERS = 1
+# The C walk holds no GIL, so its threads do share the work: one per core, a few at most
+# (bench/fsgroup.py: 2 workers on 2 cores beat 1 by ~1.6x on a tree that needs every change).
+NATIVE_DEFAULT_WORKERS = max(1, min(4, len(os.sched_getaffinity(0))))
+# "python" forces the Python walk (tests and the bench compare the two); anything else: auto.
+IMPL_ENV = "VOLUMEMANAGER_FSGROUP_WALK"
 # Entries of one big directory are handed out in batches of this many, so that a flat
 # directory of 100,000 files is still shared between workers.
 BATCH = 2048
@@ -109,6 +124,7 @@ class OwnershipResult:
     errors: tuple[OwnershipError, ...] = ()
     timed_out: bool = False
     workers: int = 1
+    native: bool = False
 
     @property
     def complete(self) -> bool:
@@ -390,6 +406,38 @@ class _Walk:
             self._drain()  # anything left (after a deadline) still holds fds
 
 
+def native_available() -> bool:
+    """Whether the C walk is built and not switched off by ``VOLUMEMANAGER_FSGROUP_WALK=python``."""
+    return _native is not None and os.environ.get(IMPL_ENV, "").lower() != "python"
+
+
+class _NativeWalk:
+    """The C walk's counts in the shape of ``_Walk``'s, so the root is fixed by the same code."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.files = self.dirs = self.changed = self.failed = 0
+        self.timed_out = False
+        self.errors: list[OwnershipError] = []
+
+    def run(self, root_fd: int, root_dev: int, fs_group: int, read_only: bool, workers: int,
+            deadline: float | None, mount_points: Collection[str]) -> None:
+        global _fchmodat2_works
+        assert _native is not None
+        state = -1 if _fchmodat2_works is None else int(_fchmodat2_works)
+        files, dirs, changed, failed, timed_out, errors, state = _native.walk(
+            root_fd, os.fsencode(self.root), root_dev, fs_group, read_only, workers, deadline,
+            sorted(os.fsencode(m) for m in mount_points), MAX_ERRORS_KEPT, state)
+        _fchmodat2_works = None if state < 0 else bool(state)
+        self.files, self.dirs, self.changed, self.failed, self.timed_out = files, dirs, changed, failed, timed_out
+        self.errors = [OwnershipError(err, os.strerror(err), os.fsdecode(path)) for err, path in errors]
+
+    def _fail(self, err: OSError, path: str) -> None:
+        self.failed += 1
+        if len(self.errors) < MAX_ERRORS_KEPT:
+            self.errors.append(OwnershipError(err.errno or 0, err.strerror or str(err), path))
+
+
 def _mount_points_below(root: str, table: MountTable | None) -> frozenset[str]:
     try:
         table = table if table is not None else MountTable.read()
@@ -403,7 +451,8 @@ def _mount_points_below(root: str, table: MountTable | None) -> frozenset[str]:
 def set_volume_ownership(path: str | os.PathLike[str], fs_group: int, policy: str = ALWAYS,
                          read_only: bool = False, *, workers: int | None = None,
                          timeout: float | None = None,
-                         mount_table: MountTable | None = None) -> OwnershipResult:
+                         mount_table: MountTable | None = None,
+                         native: bool | None = None) -> OwnershipResult:
     """Give the volume at `path` the group `fs_group` and setgid bits, as the kubelet does.
 
     ``policy`` is the pod's ``fsGroupChangePolicy`` (``Always`` or ``OnRootMismatch``; None
@@ -411,6 +460,9 @@ def set_volume_ownership(path: str | os.PathLike[str], fs_group: int, policy: st
     read-only volume at all). ``workers``: threads (default ``DEFAULT_WORKERS``). ``timeout``:
     seconds after which the walk stops (``timed_out`` in the result; the root is left as it
     was so the next attempt walks again). ``mount_table``: a parsed mountinfo, to spare a read.
+    ``native``: None walks in C when it is built (``native_available``), False always in
+    Python, True in C or raises ``RuntimeError`` when it is not built. ``workers`` defaults to
+    ``NATIVE_DEFAULT_WORKERS`` for the C walk, ``DEFAULT_WORKERS`` for the Python one.
 
     A root that is not a directory gets the one-entry rules (a symlink root: its own group
     only, never its target's, as the kubelet's ``walkDeep`` lstat does).
@@ -439,14 +491,29 @@ def set_volume_ownership(path: str | os.PathLike[str], fs_group: int, policy: st
         root_st = os.fstat(root_fd)
     except OSError as e:
         raise OwnershipError(e.errno or 0, e.strerror or str(e), root) from e
-    n = max(1, workers if workers is not None else DEFAULT_WORKERS)
-    walk = _Walk(root, root_st.st_dev, fs_group, read_only, n,
-                 None if timeout is None else start + timeout,
-                 _mount_points_below(root, mount_table))
-    # The walk closes root_fd when done with it; fix the root through a second fd, last.
+    use_native = native_available() if native is None else native
+    if use_native and _native is None:
+        os.close(root_fd)
+        raise RuntimeError("native fsGroup walk requested but mount_utils._ownership is not built")
+    deadline = None if timeout is None else start + timeout
+    mount_points = _mount_points_below(root, mount_table)
+    walk: _Walk | _NativeWalk
+    if use_native:
+        n = max(1, workers if workers is not None else NATIVE_DEFAULT_WORKERS)
+        walk = _NativeWalk(root)
+    else:
+        n = max(1, workers if workers is not None else DEFAULT_WORKERS)
+        walk = _Walk(root, root_st.st_dev, fs_group, read_only, n, deadline, mount_points)
+    # The Python walk closes root_fd when done with it; fix the root through a second fd, last.
     fix_fd = os.dup(root_fd)
     try:
-        walk.run(root_fd)
+        if isinstance(walk, _NativeWalk):
+            try:  # the C walk lists the root through its own fd and leaves root_fd open
+                walk.run(root_fd, root_st.st_dev, fs_group, read_only, n, deadline, mount_points)
+            finally:
+                os.close(root_fd)
+        else:
+            walk.run(root_fd)
         changed_root = 0
         if walk.failed == 0 and not walk.timed_out:
             try:
@@ -464,7 +531,7 @@ def set_volume_ownership(path: str | os.PathLike[str], fs_group: int, policy: st
     changed = walk.changed + changed_root
     return OwnershipResult(changed > 0, walk.files, walk.dirs + 1, time.monotonic() - start,
                            changed_entries=changed, failed=walk.failed, errors=tuple(walk.errors),
-                           timed_out=walk.timed_out, workers=n, _root=root)
+                           timed_out=walk.timed_out, workers=n, native=use_native, _root=root)
 
 
 def _single(root: str, st: os.stat_result, fs_group: int, read_only: bool, start: float) -> OwnershipResult:

@@ -1,5 +1,10 @@
 """set_volume_ownership on real tmpfs and ext4-on-loop mounts: the kubelet's fsGroup rules,
-symlinks never followed, mounts below never crossed, OnRootMismatch costing one stat."""
+symlinks never followed, mounts below never crossed, OnRootMismatch costing one stat.
+
+Every test runs twice (the ``impl`` fixture): with the C walk (``mount_utils._ownership``) and
+with the Python one, chosen through ``VOLUMEMANAGER_FSGROUP_WALK`` so that the subprocesses of
+the setpriv and strace tests walk the same way. ``test_native_and_python_leave_identical_trees``
+compares the two on one mixed tree."""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import textwrap
 
 import pytest
 
+from mount_utils import ownership
 from mount_utils.ownership import (
+    IMPL_ENV,
     ON_ROOT_MISMATCH,
     OwnershipError,
     OwnershipIncompleteError,
@@ -21,6 +28,15 @@ from tests.fixtures_mounts import require_root, require_tools
 
 GID = 4321
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def impl(request, monkeypatch) -> str:
+    """The walk under test: the C one (skipped when it is not built) or the Python one."""
+    if request.param == "native" and ownership._native is None:
+        pytest.skip("mount_utils._ownership is not built (no C compiler at install time)")
+    monkeypatch.setenv(IMPL_ENV, request.param)
+    return request.param
 
 
 def _mount_tmpfs(path) -> str:
@@ -68,13 +84,14 @@ def _populate(root: str) -> None:
     os.mkfifo(f"{root}/a/fifo", 0o600)
 
 
-def test_kubelet_rules_for_files_dirs_and_symlinks(volume):
+def test_kubelet_rules_for_files_dirs_and_symlinks(volume, impl):
     _populate(volume)
     passwd_before = os.stat("/etc/passwd")
     fds_before = len(os.listdir("/proc/self/fd"))
 
     res = set_volume_ownership(volume, GID)
 
+    assert res.native == (impl == "native")
     assert res.complete and res.changed and res.failed == 0 and res.skipped_reason is None
     assert (res.dirs, res.files) == (3, 7)  # root, a, a/b; f g x suid fifo and two symlinks
     assert len(os.listdir("/proc/self/fd")) == fds_before
@@ -311,3 +328,152 @@ def test_without_fchmodat2_as_on_kernels_before_6_6(volume, monkeypatch):
     assert (_mode(f"{volume}/f"), _mode(f"{volume}/a/g"), _mode(f"{volume}/a/suid")) == (0o664, 0o660, 0o4775)
     passwd_after = os.stat("/etc/passwd")
     assert (passwd_after.st_mode, passwd_after.st_ctime_ns) == (passwd_before.st_mode, passwd_before.st_ctime_ns)
+
+
+def _snapshot(root: str) -> dict[str, tuple[int, int, int]]:
+    """(file type, mode, gid) of every entry below `root`, keyed by relative path, not crossing
+    into mounts (what is below a mount point is compared separately)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        if dirpath != root and os.path.ismount(dirpath):
+            dirnames[:] = []
+        for n in [""] + dirnames + filenames if dirpath == root else dirnames + filenames:
+            p = os.path.join(dirpath, n) if n else dirpath
+            st = os.lstat(p)
+            out[os.path.relpath(p, root)] = (stat.S_IFMT(st.st_mode), stat.S_IMODE(st.st_mode), st.st_gid)
+    return out
+
+
+def _mixed_tree(root: str) -> None:
+    """Files of many modes (setuid, setgid with g+x, sticky), symlinks in and out, a fifo, a
+    deep chain (deeper than the C walk's inline depth), a directory bigger than one batch, an
+    immutable file, a tmpfs mount and a bind mount below the root."""
+    _populate(root)
+    for i, m in enumerate((0o000, 0o600, 0o2755, 0o6755, 0o1777, 0o664, 0o4700)):
+        with open(f"{root}/m{i}", "w"):
+            pass
+        os.chmod(f"{root}/m{i}", m)
+    deep = root
+    for i in range(80):
+        deep = os.path.join(deep, f"l{i}")
+        os.mkdir(deep, 0o700 if i % 2 else 0o755)
+    with open(f"{deep}/bottom", "w"):
+        pass
+    os.symlink("../../..", f"{deep}/up-link")
+    os.mkdir(f"{root}/big")
+    bfd = os.open(f"{root}/big", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for i in range(2500):
+            os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, 0o640 if i % 3 else 0o644, dir_fd=bfd))
+    finally:
+        os.close(bfd)
+    os.mkdir(f"{root}/big/sub")
+    os.mkfifo(f"{root}/big/sub/fifo", 0o644)
+    os.makedirs(f"{root}/locked/d")
+    with open(f"{root}/locked/d/stuck", "w"):
+        pass
+    os.chmod(f"{root}/locked/d/stuck", 0o600)
+    os.mkdir(f"{root}/mnt")
+    _mount_tmpfs(f"{root}/mnt")
+    with open(f"{root}/mnt/inside", "w"):
+        pass
+    os.mkdir(f"{root}/bound")
+    subprocess.run(["mount", "--bind", f"{root}/a", f"{root}/bound"], check=True)
+    subprocess.run(["chattr", "+i", f"{root}/locked/d/stuck"], check=True)
+
+
+@pytest.mark.parametrize("read_only", [False, True])
+def test_native_and_python_leave_identical_trees(mount_cleanup, loop_device_factory, impl, read_only):
+    """The C walk is judged against the Python one (the reference): the same mixed tree, walked
+    by each on its own ext4, ends with the same types, modes and gids everywhere, the same
+    counts and the same failures (the immutable file), and the mounts below untouched."""
+    if impl == "python":
+        pytest.skip("compares both walks: runs once, under the native parameter")
+    require_tools("chattr")
+    roots = {}
+    for kind in ("python", "native"):
+        root = _mount_ext4(loop_device_factory, mount_cleanup / kind)
+        os.rmdir(os.path.join(root, "lost+found"))
+        _mixed_tree(root)
+        roots[kind] = root
+    try:
+        before = _snapshot(roots["python"])
+        assert before == _snapshot(roots["native"])
+        results = {kind: set_volume_ownership(root, GID, read_only=read_only, native=kind == "native")
+                   for kind, root in roots.items()}
+        after = {kind: _snapshot(root) for kind, root in roots.items()}
+        assert after["python"] == after["native"]
+        assert after["python"] != before
+        py, nat = results["python"], results["native"]
+        assert (nat.native, py.native) == (True, False)
+        assert (nat.files, nat.dirs, nat.changed_entries, nat.failed, nat.timed_out) == (
+            py.files, py.dirs, py.changed_entries, py.failed, py.timed_out)
+        assert py.failed == 1 and py.files > 2500 and py.dirs > 80
+        for kind, res in results.items():
+            assert [e.filename for e in res.errors] == [f"{roots[kind]}/locked/d/stuck"]
+            assert [e.errno for e in res.errors] == [py.errors[0].errno]
+            assert os.lstat(f"{roots[kind]}/mnt/inside").st_gid == 0
+            assert os.lstat(f"{roots[kind]}/mnt").st_gid == 0
+            assert os.lstat(roots[kind]).st_gid == 0  # incomplete walk: the root left for next time
+        # A second walk of each (still one failure) changes nothing more, in both.
+        again = {kind: set_volume_ownership(root, GID, read_only=read_only, native=kind == "native")
+                 for kind, root in roots.items()}
+        assert again["python"].changed_entries == again["native"].changed_entries == 0
+        assert {kind: _snapshot(root) for kind, root in roots.items()} == after
+    finally:
+        for root in roots.values():
+            subprocess.run(["chattr", "-i", f"{root}/locked/d/stuck"], check=False)
+    done = {kind: set_volume_ownership(root, GID, read_only=read_only, native=kind == "native")
+            for kind, root in roots.items()}
+    assert all(r.complete for r in done.values())
+    assert _snapshot(roots["python"]) == _snapshot(roots["native"])
+
+
+def test_native_walk_runs_without_the_gil(mount_cleanup, impl):
+    """The C walk releases the GIL for the whole walk: a Python thread keeps running meanwhile."""
+    if impl == "python":
+        pytest.skip("about the C walk")
+    import threading
+
+    root = _mount_tmpfs(mount_cleanup / "vol")
+    for d in range(20):
+        dfd_path = f"{root}/d{d}"
+        os.mkdir(dfd_path)
+        dfd = os.open(dfd_path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            for i in range(1000):
+                os.close(os.open(f"f{i}", os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=dfd))
+        finally:
+            os.close(dfd)
+    ticks = 0
+    stop = threading.Event()
+
+    def count() -> None:
+        nonlocal ticks
+        while not stop.is_set():
+            ticks += 1
+
+    t = threading.Thread(target=count)
+    t.start()
+    try:
+        start_ticks = ticks
+        res = set_volume_ownership(root, GID, workers=1)
+        during = ticks - start_ticks
+    finally:
+        stop.set()
+        t.join()
+    assert res.complete and res.native and res.files == 20_000
+    # With the GIL held for the whole walk the counter would stand still (switch interval 5 ms
+    # only applies between bytecodes of the walking thread, of which there are none).
+    assert during > 1000, during
+
+
+def test_native_requested_but_not_built(tmp_path, monkeypatch, impl):
+    if impl == "native":
+        pytest.skip("about the fallback: runs once")
+    monkeypatch.setattr(ownership, "_native", None)
+    assert not ownership.native_available()
+    res = set_volume_ownership(tmp_path, GID)
+    assert res.complete and not res.native
+    with pytest.raises(RuntimeError, match="not built"):
+        set_volume_ownership(tmp_path, GID, native=True)
