@@ -143,6 +143,12 @@ class ControllerReconciler:
                     self._snapshot_background.pop(name, None)
                 if outcome.operation == "CreateVolume" and (outcome.error is None or not is_uncertain(outcome.error)):
                     self._background.pop(name, None)
+                elif outcome.operation == "DeleteVolume" and outcome.error is None:
+                    # An interrupted CreateVolume whose volume was made before the crash (its record
+                    # written, then released and now deleted) is done: sending it again would make
+                    # the volume a second time (tests/e2e/test_crash_controller.py).
+                    self._background.pop(name, None)
+                    self._background_sources.pop(name, None)
             if outcome.error is None:
                 self._on_records_changed()
         self.wake()  # a node tear-down may free a volume to delete
