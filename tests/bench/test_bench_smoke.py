@@ -105,10 +105,16 @@ def _bench_cmd(tmp_path: Path, *extra: str) -> list[str]:
             "--trials", "3", "--no-strace", "--out", str(tmp_path / "results"), "--tmp-dir", str(tmp_path), *extra]
 
 
+def _pyspy() -> bool:
+    return (Path(sys.executable).parent / "py-spy").exists() or shutil.which("py-spy") is not None
+
+
 @pytest.mark.timeout(120)
 def test_bench_runs_tmpfs_and_full_mix_at_tiny_n_and_cleans_up(bench_tmp):
     _require()
-    r = subprocess.run(_bench_cmd(bench_tmp, "--mix", "tmpfs", "--mix", "full"),
+    # The py-spy profile (the bench extra) of the tmpfs case when py-spy is installed.
+    profile = ["--profile", str(N)] if _pyspy() else ["--no-profile"]
+    r = subprocess.run(_bench_cmd(bench_tmp, "--mix", "tmpfs", "--mix", "full", *profile),
                        cwd=REPO, capture_output=True, text=True, timeout=110)
     assert r.returncode == 0, f"bench failed: {r.stdout[-3000:]}{r.stderr[-3000:]}"
     for row in ("cold bring-up", "restart: start -> READY", "device attached -> mounted", "last csi mounted"):
@@ -125,7 +131,14 @@ def test_bench_runs_tmpfs_and_full_mix_at_tiny_n_and_cleans_up(bench_tmp):
             assert phase in case, f"{case['mix']}: no {phase} in {sorted(case)}"
         assert case["reaction"]["trials"] == 3
         assert case["restart"]["mount_ids_unchanged"] is True
+        assert len(case["floor_up"]["runs_process_s"]) == 3  # the fastest of three is compared with
+        assert case["floor_up"]["process_s"] == pytest.approx(min(case["floor_up"]["runs_process_s"]), abs=1e-3)
+        assert {"status_min_ms", "explain_min_ms"} <= set(case["queries"])
     tmpfs, full = report["results"]
+    if _pyspy():
+        assert tmpfs["profile"]["samples"] > 0 and 0 < len(tmpfs["profile"]["top_own"]) <= 10
+        assert "profile of bring-up" in r.stdout
+    assert "profile" not in full  # profiles are of the tmpfs/hostpath mixes only
     assert tmpfs["restart"]["mounts_before"] == N
     assert full["volumes_by_kind"] == {"local": 1, "csi": 1, "tmpfs": 3, "hostpath": 3}
     # N pod mounts plus the two global mounts (local PV, CSI staging).
