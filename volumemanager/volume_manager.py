@@ -146,8 +146,22 @@ class VolumeManager:
     def _csi_publish_context(self, driver: str, volume_handle: str, pv_name: str | None) -> dict[str, str]:
         """The CSI plugin's narrow lookup of a PV's attachment (issue 14 attach): its
         publish_context, {} when it needs none; WaitingError until it is attached."""
+        cluster = getattr(self, "cluster_node", None)
+        if cluster is not None and cluster.attachments.handles(driver, volume_handle, pv_name):
+            return cluster.attachments.publish_context(driver, volume_handle, pv_name)  # the cluster attaches
         attach = getattr(self, "attach", None)
         return attach.publish_context(driver, volume_handle, pv_name) if attach is not None else {}
+
+    def _specs_attached_here(self) -> list:
+        """The desired volumes the one-host attach controller attaches: not the API server's
+        PVs, which the cluster attaches (their VolumeAttachment gates them)."""
+        specs = [v.spec for v in self.dsw.volumes_to_mount()]
+        cluster = getattr(self, "cluster_node", None)
+        if cluster is None:
+            return specs
+        handles = cluster.attachments.handles
+        return [s for s in specs if not handles(getattr(s.source, "driver", None) or "",
+                                                getattr(s.source, "volume_handle", None) or "", s.pv_name)]
 
     def _attach_not_required(self) -> frozenset[str]:
         """Drivers whose CSIDriver object says ``attachRequired: false``."""
@@ -201,7 +215,7 @@ class VolumeManager:
         # Attach/detach (ControllerPublish/Unpublish) of the CSI PVs the node wants.
         self.attach = AttachController(
             self.drivers, AttachmentRecords(os.path.join(self.config.root_dir, "state")), self.journal,
-            self.populator.get_secret, lambda: [v.spec for v in self.dsw.volumes_to_mount()],
+            self.populator.get_secret, self._specs_attached_here,
             self._volumes_in_use, self._ready_to_unmount, self._attach_not_required, self.executor)
         self.attach.on_attach_outcome.append(self.reconciler.wake_waiting)
         from volumemanager.controller.snapshot_operations import SnapshotOperations

@@ -39,6 +39,18 @@ def merge_provisioned(snap: m.Snapshot, records: dict[str, m.PersistentVolume], 
     return dataclasses.replace(snap, pvs=pvs, pvcs=pvcs, generation=generation)
 
 
+#: How the API-server source marks its objects' origin (sources/apiserver.py API_ORIGIN_PREFIX).
+API_ORIGIN_PREFIX = "api:"
+
+
+def without_api_claims(snap: m.Snapshot) -> m.Snapshot:
+    """``snap`` without the PersistentVolumeClaims read from an API server (a pure function)."""
+    pvcs = {k: c for k, c in snap.pvcs.items() if not str(c.origin).startswith(API_ORIGIN_PREFIX)}
+    if len(pvcs) == len(snap.pvcs):
+        return snap
+    return dataclasses.replace(snap, pvcs=pvcs)
+
+
 class ProvisionedOverlaySource:
     """A desired-state source = the wrapped source + the provisioned PV records."""
 
@@ -49,6 +61,7 @@ class ProvisionedOverlaySource:
         self._cache: tuple[int, int, m.Snapshot] | None = None
         self._base_generation = 0  # keeps our generation growing if the source's restarts
         self.on_change_hooks: list[Callable[[], None]] = []  # the controller's wake-up
+        self._raw_cache: tuple[m.Snapshot, m.Snapshot] | None = None
 
     def start(self, on_change: Callable[[], None]) -> None:
         def changed() -> None:
@@ -59,8 +72,17 @@ class ProvisionedOverlaySource:
         self.source.start(changed)
 
     def raw_snapshot(self) -> m.Snapshot:
-        """The wrapped source's own snapshot (the controller decides from it)."""
-        return self.source.snapshot()
+        """The wrapped source's own snapshot (the controller decides from it), without the
+        claims of an API server: in a cluster its external-provisioner and -resizer own them
+        (issue 15, item 4), so the daemon never sends CreateVolume (or expands) for a claim from
+        the API. Cached per snapshot of the source."""
+        snap = self.source.snapshot()
+        cached = self._raw_cache
+        if cached is not None and cached[0] is snap:
+            return cached[1]
+        out = without_api_claims(snap)
+        self._raw_cache = (snap, out)
+        return out
 
     def snapshot(self) -> m.Snapshot:
         snap = self.source.snapshot()
