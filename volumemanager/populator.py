@@ -24,7 +24,6 @@ from volumemanager.sources.base import SourceHealth
 NODE_EXPAND_BYTES_ANNOTATION = "volumemanager.io/node-expand-bytes"
 NODE_EXPAND_BYTES = "node_expand_bytes"
 
-
 log = logging.getLogger(__name__)
 
 

@@ -328,7 +328,6 @@ class Reconciler:
                               f"online (NodeExpandVolume; recorded size {have if have is not None else 'unknown'})"))
         return out
 
-
     def plan(self, desired=None) -> list[Action]:
         """What a full pass would start now, each marked with what holds it back, if anything
         (against ``desired`` instead of the desired state, when given)."""

@@ -271,18 +271,6 @@ class VolumeManager:
                          extra={"volumes": len(kept), "pods": len({mv.pod.uid for mv in kept})})
         self.reconciler.mark_all_dirty()
 
-    def _source_recovered(self) -> None:
-        """The desired state was read whole again after a failed read: what was kept meanwhile
-        and is not desired is torn down now (say how much), not at the next full pass."""
-        if self._reconstructed:
-            kept = [mv for mv in self.asw.mounted_volumes()
-                    if not self.dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid)]
-            if kept:
-                log.info("desired state read whole again: %d volumes of %d pods on the node are not desired; "
-                         "tearing them down", len(kept), len({mv.pod.uid for mv in kept}),
-                         extra={"volumes": len(kept), "pods": len({mv.pod.uid for mv in kept})})
-        self.reconciler.mark_all_dirty()
-
     def _ready_to_unmount(self) -> bool:
         return self.populator.has_added_pods and self._reconstructed
 
@@ -377,8 +365,8 @@ class VolumeManager:
         self._start_drivers()
         self._load_pod_owners()
         self.provisioned.load()
-        self.attach.records.load()
         self.snapshot_records.load()
+        self.attach.records.load()
         open_intents = getattr(self.journal, "open_intents", None)
         if callable(open_intents):  # before reconstruction forgets them
             self.controller.adopt_interrupted(open_intents())
@@ -533,8 +521,8 @@ class VolumeManager:
             "sources": source_entries(self.populator.source_healths(), api),
             "interrupted_at_start": list(self.interrupted_at_start),
             "claims": self.controller.claims(),
-            "attachments": self.attach.entries(),
             "snapshots": self.controller.snapshots(),
+            "attachments": self.attach.entries(),
             "reconciler": {
                 "passes": self.reconciler.passes,
                 "last_pass_duration_ms": round(self.reconciler.last_pass_duration * 1000, 3),
@@ -560,7 +548,9 @@ class VolumeManager:
         for r in rows:
             lines = st.explain_row(r, drivers)
             if r.state != st.MOUNTED:
-                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume)
+                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume, node_size=r.size_bytes)
+            else:  # a mounted volume's claim may be growing (expansion)
+                lines = lines + self._claim_lines(dp.pod.namespace, dp.pod.key, r.volume, True, r.size_bytes)
             out.append({"volume": r.volume, "state": r.state, "lines": lines, "row": r.to_dict()})
         out_lines = [] if rows else [f"pod {pod_key} has no volumes"]
         drained = self.drain.explain_line()
@@ -595,7 +585,8 @@ class VolumeManager:
         return 1, {"pod": pod_key, "found": True, "desired": False, "volumes": out,
                    "lines": [f"pod {pod_key} is not desired any more: its volumes are being torn down"]}
 
-    def _claim_lines(self, namespace: str, pod_key: str, volume: str) -> list[str]:
+    def _claim_lines(self, namespace: str, pod_key: str, volume: str, expansion_only: bool = False,
+                     node_size: int | None = None) -> list[str]:
         """The controller's part of explain for a pod volume on a claim (provisioning...)."""
         from volumemanager.manifests.models import PVCSource
 
@@ -603,7 +594,7 @@ class VolumeManager:
         vol = pod.volume(volume) if pod is not None else None
         if vol is None or not isinstance(vol.source, PVCSource):
             return []
-        return self.controller.explain_claim(namespace, vol.source.claim_name)
+        return self.controller.explain_claim(namespace, vol.source.claim_name, expansion_only, node_size)
 
     def plan(self) -> list[dict]:
         return self.controller.plan() + [a.to_dict() for a in self.reconciler.plan()]

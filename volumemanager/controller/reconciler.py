@@ -210,7 +210,7 @@ class ControllerReconciler:
         with self._cond:
             snapshots_background = {name: req.driver for name, req in self._snapshot_background.items()}
         decision = dc.decide(snap, records, self._driver_views(), self._in_use_names(records, snap),
-                         self._ready_to_delete(), background, snapshot_records=snapshots,
+                             self._ready_to_delete(), background, snapshot_records=snapshots,
                              snapshots_in_background=snapshots_background)
         if self._attach is not None:
             from volumemanager.controller import attach as at
@@ -275,6 +275,8 @@ class ControllerReconciler:
             return replace(op, fn=run)
         if action.kind == dc.DELETE:
             return self._ops.delete(action)
+        if action.kind in (sn.CREATE_SNAPSHOT, sn.DELETE_SNAPSHOT):
+            return self._generate_snapshot(action)
         if action.kind == dc.EXPAND:
             snap = self._source.raw_snapshot()
             claim = next((c for c in snap.pvcs.values() if c.uid == action.claim_uid), None)
@@ -284,8 +286,6 @@ class ControllerReconciler:
             view = views.get(action.driver)
             controller = view is not None and view.has_controller and dc.EXPAND_VOLUME in view.controller_capabilities
             return self._ops.expand(action, claim, cl.storage_class_of(claim, snap), controller)
-        if action.kind in (sn.CREATE_SNAPSHOT, sn.DELETE_SNAPSHOT):
-            return self._generate_snapshot(action)
         raise ValueError(f"unknown controller action {action.kind!r}")
 
     # --- snapshots (snapshots.py decides, snapshot_operations.py runs) ---------------------
