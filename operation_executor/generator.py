@@ -21,6 +21,7 @@ from operation_executor.states import DeviceMountState, VolumeMountState
 from operation_executor.types import (BLOCK, AttachedVolume, FsGroupResult, MarkDeviceOpts, MarkVolumeOpts,
                                       MountedVolume, VolumeSpec, VolumeToMount)
 from operation_executor.updater import ActualStateUpdater
+from operation_executor.use_guard import VolumeUseGuard
 
 log = logging.getLogger(__name__)
 
@@ -67,10 +68,13 @@ class OperationGenerator:
         updater: ActualStateUpdater,
         journal: IntentJournal | None = None,
         on_fs_group: Callable[[str, FsGroupResult], None] | None = None,
+        use_guard: VolumeUseGuard | None = None,
     ) -> None:
         self._plugins = plugins
         self._asw = updater
         self._journal = journal or NullJournal()
+        # Shared with the controller's DeleteVolume: never both on one volume at once.
+        self._use_guard = use_guard or VolumeUseGuard()
         # Told (plugin name, result) after each fsGroup application: the daemon's metrics.
         self._on_fs_group = on_fs_group
 
@@ -109,7 +113,7 @@ class OperationGenerator:
     ) -> GeneratedOperation:
         """Wait for the device, stage it when not certainly staged, then set up the pod's view."""
 
-        def run() -> None:
+        def body() -> None:
             plugin = self._plugins.find(vtm.plugin_name)
             spec, pod = vtm.spec, vtm.pod
             # The plugin's calls see the pod's fsGroup (a driver may apply it itself).
@@ -184,6 +188,12 @@ class OperationGenerator:
             if fs_group is not None:
                 self._asw.mark_fs_group(vtm.volume_id, pod.uid, fs_group)
             self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", None)
+
+        def run() -> None:
+            # The volume is in use from before its stage to after its pod's view: a DeleteVolume
+            # decided meanwhile from an older look at the node waits (see use_guard).
+            with self._use_guard.using(vtm.spec.pv_name):
+                body()
 
         return GeneratedOperation(MOUNT_VOLUME, run, self._lane(vtm.plugin_name, vtm.spec))
 

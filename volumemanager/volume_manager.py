@@ -17,6 +17,7 @@ from mount_utils.mounter import LinuxMounter
 from operation_executor.executor import OperationExecutor, OperationOutcome
 from operation_executor.generator import OperationGenerator
 from operation_executor.journal import IntentJournal
+from operation_executor.use_guard import VolumeUseGuard
 from volumemanager import status as st
 from volumemanager.cache.actual_state import ActualStateOfWorld
 from volumemanager.cache.desired_state import DesiredStateOfWorld
@@ -87,7 +88,9 @@ class VolumeManager:
         # Provisioned PVs (issue 14) join the desired state through this overlay.
         self.provisioned = ProvisionedVolumes(os.path.join(config.root_dir, "state"))
         source = ProvisionedOverlaySource(source, self.provisioned)
-        self.generator = OperationGenerator(self.plugins, self.asw, journal, on_fs_group=self._observe_fs_group)
+        self.use_guard = VolumeUseGuard()  # a DeleteVolume never overlaps a mount operation of its volume
+        self.generator = OperationGenerator(self.plugins, self.asw, journal, on_fs_group=self._observe_fs_group,
+                                            use_guard=self.use_guard)
         self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed,
                                                host_volumes=self._host_pod_volumes)
         self.populator.on_source_recovered.append(self._source_recovered)
@@ -211,7 +214,8 @@ class VolumeManager:
 
         from volumemanager.controller.attach import AttachController, AttachmentRecords
 
-        ops = ControllerOperations(self.drivers, self.provisioned, self.journal, self.populator.get_secret)
+        ops = ControllerOperations(self.drivers, self.provisioned, self.journal, self.populator.get_secret,
+                                   use_guard=self.use_guard, still_used=self._pv_still_used)
         # Attach/detach (ControllerPublish/Unpublish) of the CSI PVs the node wants.
         self.attach = AttachController(
             self.drivers, AttachmentRecords(os.path.join(self.config.root_dir, "state")), self.journal,
@@ -230,6 +234,11 @@ class VolumeManager:
                                           snapshot_ops=SnapshotOperations(ops, self.snapshot_records))
         source.on_change_hooks.append(controller.wake)
         return controller
+
+    def _pv_still_used(self, pv_name: str, driver: str, handle: str) -> bool:
+        """The controller's last look before a DeleteVolume (under the use guard's lock)."""
+        names, handles = self._volumes_in_use()
+        return "*" in names or pv_name in names or (driver, handle) in handles
 
     def _volumes_in_use(self) -> tuple[frozenset[str], frozenset[tuple[str, str]]]:
         """The controller's narrow view of the node: PV names and (driver, handle) pairs that a

@@ -24,6 +24,7 @@ from operation_executor.errors import FinalError, OperationError, UncertainError
 from operation_executor.generator import GeneratedOperation, as_operation_error, outcome_word
 from operation_executor.journal import IntentJournal
 from operation_executor.types import SecretRef
+from operation_executor.use_guard import VolumeUseGuard
 from volumemanager.controller import claims as cl
 from volumemanager.controller import records as rec
 from volumemanager.controller.decide import ControllerAction
@@ -48,11 +49,16 @@ class ControllerOperations:
     what each driver is), the provisioned-volume records, the journal and a secret lookup."""
 
     def __init__(self, drivers: Any, records: rec.ProvisionedVolumes, journal: IntentJournal,
-                 get_secret: SecretLookup) -> None:
+                 get_secret: SecretLookup, use_guard: VolumeUseGuard | None = None,
+                 still_used: Callable[[str, str, str], bool] | None = None) -> None:
         self._drivers = drivers
         self._records = records
         self._journal = journal
         self._get_secret = get_secret
+        # Shared with the node's mount operations: a DeleteVolume never overlaps one of them,
+        # and looks at the node once more, (PV name, driver, handle) -> in use?, right before.
+        self._use_guard = use_guard or VolumeUseGuard()
+        self._still_used = still_used or (lambda name, driver, handle: False)
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -169,7 +175,8 @@ class ControllerOperations:
                 if e.code != "NOT_FOUND":  # gone already: what DeleteVolume was for
                     raise
 
-        self._journaled("DeleteVolume", name, {"volume_id": src.volume_handle, "driver": src.driver}, call)
+        with self._use_guard.deleting(name, lambda: self._still_used(name, src.driver, src.volume_handle)):
+            self._journaled("DeleteVolume", name, {"volume_id": src.volume_handle, "driver": src.driver}, call)
         self._records.remove(name)
         log.info("deleted volume %s (%s)", name, src.volume_handle, extra={"volume": name})
 
