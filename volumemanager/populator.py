@@ -304,12 +304,16 @@ class DesiredStatePopulator:
         plugins: PluginRegistry,
         on_volumes_changed: Callable[[set[str]], None],
         host_volumes: HostVolumesReader | None = None,
+        host_owner: Callable[[str], str | None] | None = None,
     ) -> None:
         self.source = source
         self._dsw = dsw
         self._plugins = plugins
         self._on_volumes_changed = on_volumes_changed
         self._host_volumes = host_volumes
+        # uid -> "namespace/name" of the pod the node has volumes mounted for under it: one
+        # question about one UID (asked for each new pod), not a copy of every volume.
+        self._host_owner = host_owner
         self._lock = threading.Lock()
         self._generation: int | None = None
         self._snapshot: m.Snapshot = m.Snapshot.empty()
@@ -412,7 +416,7 @@ class DesiredStatePopulator:
             # the bindings, which are the same unless a claim or volume changed.
             reuse = same_claims and self._bindings == old_bindings
             stale = self._pods_of_changed_objects(snap) if reuse else set()
-            host_owners: dict[str, str] | None = None
+            host_owners: Callable[[str], str | None] | None = None
             for uid, pod in snap.pods.items():
                 if reuse and uid not in self._recheck and uid not in stale and self._resolved_from.get(uid) is pod:
                     continue
@@ -421,7 +425,7 @@ class DesiredStatePopulator:
                 if old is None or old.pod.key != pod.key or uid in self._refused:
                     if host_owners is None:
                         host_owners = self._host_owners()
-                    owner = host_owners.get(uid)
+                    owner = host_owners(uid)
                 if owner is not None and owner != pod.key:
                     desired = refused_pod(pod, owner)
                     if self._refused.get(uid) != owner:
@@ -514,10 +518,14 @@ class DesiredStatePopulator:
             return []
         return list(self._host_volumes())
 
-    def _host_owners(self) -> dict[str, str]:
+    def _host_owners(self) -> Callable[[str], str | None]:
         """uid -> "namespace/name" of the pod whose volumes the node has mounted under it
-        (volumes found on disk with no known pod do not count)."""
-        return {v.pod_uid: v.pod_key for v in self._read_host() if v.pod_key}
+        (volumes found on disk with no known pod do not count): the narrow per-UID lookup when
+        given, else one map built from the host's volumes for this sync."""
+        if self._host_owner is not None:
+            return self._host_owner
+        owners = {v.pod_uid: v.pod_key for v in self._read_host() if v.pod_key}
+        return owners.get
 
     def _pv_holders(self) -> dict[str, str]:
         """PV -> the claim holding it: mounted through it on the node, else resolved through it

@@ -92,7 +92,8 @@ class VolumeManager:
         self.generator = OperationGenerator(self.plugins, self.asw, journal, on_fs_group=self._observe_fs_group,
                                             use_guard=self.use_guard)
         self.populator = DesiredStatePopulator(source, self.dsw, self.plugins, self._volumes_changed,
-                                               host_volumes=self._host_pod_volumes)
+                                               host_volumes=self._host_pod_volumes,
+                                               host_owner=self._host_pod_owner)
         self.populator.on_source_recovered.append(self._source_recovered)
         self.host.set_secret_lookup(self.populator.get_secret)
         self.host.set_configmap_lookup(self.populator.get_configmap)
@@ -282,6 +283,16 @@ class VolumeManager:
 
     def _ready_to_unmount(self) -> bool:
         return self.populator.has_added_pods and self._reconstructed
+
+    def _host_pod_owner(self, uid: str) -> str | None:
+        """The pod ("namespace/name") the node has volumes mounted for under ``uid``, from the
+        actual state's per-pod index; before the disk has been scanned, from the record."""
+        pod = self.asw.pod_of_uid(uid)
+        if pod is not None and pod.namespace != "?":
+            return pod.key
+        if not self._reconstructed:
+            return self.pod_owners.owners().get(uid)
+        return None
 
     def _host_pod_volumes(self) -> list:
         """The populator's narrow view of the actual state: which pod (and claim) each mounted
