@@ -39,6 +39,9 @@
  * idle; this deep at most, then it is queued like any other. */
 #define MAX_INLINE_DEPTH 64
 #define DEADLINE_EVERY 64
+/* How often (entries) a batch looks for an idle worker, and the least it hands over. */
+#define SPLIT_EVERY 8
+#define SPLIT_MIN 32
 #define O_DIR_FLAGS (O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
 
 struct linux_dirent64 {
@@ -273,6 +276,7 @@ static int chmod_nofollow(walk *w, int dir_fd, const char *name, mode_t mode) {
 }
 
 static void push_batches(walk *w, dirref *d);
+static void push_range(walk *w, dirref *d, uint32_t start, uint32_t end);
 static void do_batch(walk *w, dirref *d, uint32_t start, uint32_t end, int depth,
                      long long *files, long long *dirs, long long *changed);
 
@@ -364,6 +368,13 @@ static void do_batch(walk *w, dirref *d, uint32_t start, uint32_t end, int depth
             if (__atomic_load_n(&w->stopped, __ATOMIC_RELAXED) || deadline_passed(w))
                 return;
         }
+        /* A worker waits for work: hand it the rest of this directory and go back up (the
+         * caller's entries go on). Without this, an idle worker waited until this one
+         * finished a whole directory walked inline. */
+        if (i != start && i % SPLIT_EVERY == 0 && end - i > SPLIT_MIN && __atomic_load_n(&w->waiting, __ATOMIC_RELAXED)) {
+            push_range(w, d, i, end);
+            return;
+        }
         const char *name = d->names + d->offs[i];
         if (d->types[i] == DT_DIR) {
             do_dir(w, d, name, depth, files, dirs, changed);
@@ -408,6 +419,32 @@ static void do_batch(walk *w, dirref *d, uint32_t start, uint32_t end, int depth
     }
 }
 
+/* Queue entries [start, end) of d (holding a reference) for any worker to take. */
+static void push_range(walk *w, dirref *d, uint32_t start, uint32_t end) {
+    pthread_mutex_lock(&w->mu);
+    if (!w->stopped) {
+        if (w->stack_len == w->stack_cap) {
+            size_t cap = w->stack_cap ? w->stack_cap * 2 : 64;
+            item *ns = realloc(w->stack, cap * sizeof(item));
+            if (!ns) {
+                w->oom = 1;
+                pthread_mutex_unlock(&w->mu);
+                return;
+            }
+            w->stack = ns;
+            w->stack_cap = cap;
+        }
+        d->refs++;
+        w->stack[w->stack_len].d = d;
+        w->stack[w->stack_len].start = start;
+        w->stack[w->stack_len].end = end;
+        w->stack_len++;
+        if (w->waiting)
+            pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+}
+
 /* Queue d's entries in batches (each holds a reference) for any worker to take. */
 static void push_batches(walk *w, dirref *d) {
     pthread_mutex_lock(&w->mu);
@@ -428,8 +465,9 @@ static void push_batches(walk *w, dirref *d) {
             w->stack[w->stack_len].start = s;
             w->stack[w->stack_len].end = s + BATCH < d->count ? s + BATCH : d->count;
             w->stack_len++;
+            if (w->waiting)
+                pthread_cond_signal(&w->cv); /* one item, one waiter: no thundering herd */
         }
-        pthread_cond_broadcast(&w->cv);
     }
     pthread_mutex_unlock(&w->mu);
 }
@@ -439,9 +477,9 @@ static void *worker(void *arg) {
     for (;;) {
         pthread_mutex_lock(&w->mu);
         while (!w->stack_len && w->active && !w->stopped) {
-            w->waiting++;
+            __atomic_add_fetch(&w->waiting, 1, __ATOMIC_RELAXED);
             pthread_cond_wait(&w->cv, &w->mu);
-            w->waiting--;
+            __atomic_sub_fetch(&w->waiting, 1, __ATOMIC_RELAXED);
         }
         if (w->stopped || !w->stack_len) {
             w->stopped = 1;
@@ -463,7 +501,8 @@ static void *worker(void *arg) {
         w->dirs += dirs;
         w->changed += changed;
         w->active--;
-        pthread_cond_broadcast(&w->cv);
+        if (!w->active && !w->stack_len) /* the end: every waiter must see it */
+            pthread_cond_broadcast(&w->cv);
         pthread_mutex_unlock(&w->mu);
     }
 }

@@ -269,6 +269,23 @@ def test_timeout_stops_the_walk_and_leaves_the_root(mount_cleanup):
         res.raise_for_failures()
 
 
+def test_timeout_in_the_middle_of_the_walk_closes_everything(mount_cleanup):
+    """A deadline that passes while batches are queued and directories are open (20,000 files
+    take far longer than 5 ms): the walk stops, every fd is closed, the root is left alone."""
+    root = _mount_tmpfs(mount_cleanup / "vol")
+    for d in range(200):
+        dp = f"{root}/d{d}"
+        os.mkdir(dp)
+        for i in range(100):
+            os.close(os.open(f"{dp}/f{i}", os.O_CREAT | os.O_WRONLY, 0o644))
+    fds_before = len(os.listdir("/proc/self/fd"))
+    res = set_volume_ownership(root, GID, timeout=0.005, workers=3)
+    assert res.timed_out and not res.complete and res.files < 20_000
+    assert os.lstat(root).st_gid == 0
+    assert len(os.listdir("/proc/self/fd")) == fds_before
+    assert set_volume_ownership(root, GID).complete
+
+
 def test_bad_input_and_single_file_root(tmp_path):
     with pytest.raises(ValueError, match="fsGroupChangePolicy"):
         set_volume_ownership(tmp_path, GID, "Sometimes")
