@@ -34,6 +34,7 @@ from operation_executor.errors import FinalError, OperationError, WaitingError, 
 from operation_executor.executor import OperationKey, OperationOutcome
 from operation_executor.generator import GeneratedOperation, as_operation_error, outcome_word
 from operation_executor.types import BLOCK, SecretRef, VolumeSpec
+from volumemanager.controller.durable import TMP_SUFFIX, remove_durably, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,6 @@ ATTACHED = "attached"
 
 RECORDS_DIR = "attachments"
 SUFFIX = ".json"
-TMP_SUFFIX = ".tmp"
 
 
 # --- values -----------------------------------------------------------------------------
@@ -205,14 +205,6 @@ def target_of(spec: VolumeSpec) -> AttachTarget | None:
 # --- the records ------------------------------------------------------------------------
 
 
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class AttachmentRecords:
     """Thread-safe store of ``<state>/attachments/<pv>.json``, every change fsync'd."""
 
@@ -264,27 +256,12 @@ class AttachmentRecords:
 
     def write(self, att: Attachment) -> None:
         """Durably: temp file, fsync, rename, fsync of the directory. Raises ``OSError``."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        path = self.path_of(att.name)
-        tmp = path + TMP_SUFFIX
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, json.dumps(att.to_json(), indent=2, sort_keys=True).encode() + b"\n")
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        _fsync_dir(self.directory)
+        write_durably(self.path_of(att.name), json.dumps(att.to_json(), indent=2, sort_keys=True).encode() + b"\n")
         with self._lock:
             self._records[att.name] = att
 
     def remove(self, name: str) -> None:
-        try:
-            os.unlink(self.path_of(name))
-        except FileNotFoundError:
-            pass
-        else:
-            _fsync_dir(self.directory)
+        remove_durably(self.path_of(name))
         with self._lock:
             self._records.pop(name, None)
 

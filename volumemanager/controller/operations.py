@@ -20,7 +20,7 @@ import logging
 import time
 from typing import Any, Callable, Mapping
 
-from operation_executor.errors import FinalError, OperationError, UncertainError, WaitingError
+from operation_executor.errors import FinalError, UncertainError, WaitingError
 from operation_executor.generator import GeneratedOperation, as_operation_error, outcome_word
 from operation_executor.journal import IntentJournal
 from operation_executor.types import SecretRef

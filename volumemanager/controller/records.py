@@ -17,6 +17,7 @@ import os
 import threading
 from typing import Any, Mapping
 
+from volumemanager.controller.durable import TMP_SUFFIX, remove_durably, write_durably
 from volumemanager.manifests.loader import load_bytes, load_file
 from volumemanager.manifests.models import PersistentVolume
 
@@ -24,7 +25,6 @@ log = logging.getLogger(__name__)
 
 RECORDS_DIR = "provisioned"
 SUFFIX = ".json"
-TMP_SUFFIX = ".tmp"
 # The sidecar's annotation (lib provisionClaimOperation) and the issue's name for the same fact.
 ANN_PROVISIONED_BY = "pv.kubernetes.io/provisioned-by"
 ANN_PROVISIONED_BY_ISSUE = "volumes.kubernetes.io/provisioned-by"
@@ -40,14 +40,6 @@ ANN_REQUESTED_BYTES = "volumemanager.io/requested-bytes"
 ANN_NODE_EXPAND_BYTES = "volumemanager.io/node-expand-bytes"
 ANN_DELETION_SECRET_NAME = "volume.kubernetes.io/provisioner-deletion-secret-name"
 ANN_DELETION_SECRET_NAMESPACE = "volume.kubernetes.io/provisioner-deletion-secret-namespace"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ProvisionedVolumes:
@@ -103,24 +95,14 @@ class ProvisionedVolumes:
         """Write one PV document durably and return it as parsed; raises ``OSError`` or
         ``ValueError`` (a document our own parser refuses: a bug, never half-written)."""
         name = document["metadata"]["name"]
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
         path = self.path_of(name)
-        tmp = path + TMP_SUFFIX
         data = json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
         result = load_bytes(data, path, json_format=True)
         found = [o for o in result.objects if isinstance(o, PersistentVolume)]
         if result.errors or len(found) != 1:
-            os.unlink(tmp)
-            raise ValueError(f"{path}: the PersistentVolume written does not parse: "
+            raise ValueError(f"{path}: the PersistentVolume to write does not parse: "
                              + "; ".join(str(e) for e in result.errors))
-        os.rename(tmp, path)
-        _fsync_dir(self.directory)
+        write_durably(path, data)
         with self._lock:
             self._pvs[name] = found[0]
             self.generation += 1
@@ -134,12 +116,7 @@ class ProvisionedVolumes:
 
     def remove(self, name: str) -> None:
         """Forget a deleted volume (after DeleteVolume succeeded), durably."""
-        try:
-            os.unlink(self.path_of(name))
-        except FileNotFoundError:
-            pass
-        else:
-            _fsync_dir(self.directory)
+        remove_durably(self.path_of(name))
         with self._lock:
             self._pvs.pop(name, None)
             self.generation += 1

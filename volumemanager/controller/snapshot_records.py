@@ -16,11 +16,12 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 
+from volumemanager.controller.durable import TMP_SUFFIX, remove_durably, write_durably
+
 log = logging.getLogger(__name__)
 
 RECORDS_DIR = "snapshots"
 SUFFIX = ".json"
-TMP_SUFFIX = ".tmp"
 
 
 @dataclass(frozen=True)
@@ -58,14 +59,6 @@ class SnapshotRecord:
         if not rec.name or not rec.snapshot_id or not rec.driver:
             raise ValueError("name, snapshot_id and driver are required")
         return rec
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SnapshotRecords:
@@ -122,30 +115,15 @@ class SnapshotRecords:
 
     def write(self, record: SnapshotRecord) -> None:
         """Write one record durably (raises ``OSError``); in memory only once it is on disk."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        path = self.path_of(record.name)
-        tmp = path + TMP_SUFFIX
-        data = json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.rename(tmp, path)
-        _fsync_dir(self.directory)
+        write_durably(self.path_of(record.name),
+                      json.dumps(record.to_json(), indent=2, sort_keys=True).encode() + b"\n")
         with self._lock:
             self._records[record.name] = record
             self.generation += 1
 
     def remove(self, name: str) -> None:
         """Forget a deleted snapshot (after DeleteSnapshot succeeded), durably."""
-        try:
-            os.unlink(self.path_of(name))
-        except FileNotFoundError:
-            pass
-        else:
-            _fsync_dir(self.directory)
+        remove_durably(self.path_of(name))
         with self._lock:
             self._records.pop(name, None)
             self.generation += 1
