@@ -18,6 +18,7 @@ from operation_executor.executor import OperationExecutor, OperationKey
 from operation_executor.states import DeviceMountState, VolumeMountState
 from volumemanager.cache.actual_state import ActualStateOfWorld, OperationResult
 from volumemanager.cache.desired_state import DesiredPod, DesiredStateOfWorld
+from volumemanager.sources.base import origin_kind
 
 MOUNTED = "mounted"
 PENDING = "pending"
@@ -171,8 +172,8 @@ def undesired_pod_rows(pod_key: str, dsw: DesiredStateOfWorld, asw: ActualStateO
 
 
 def _pod_source(dp: DesiredPod) -> str:
-    """``api`` for a pod from the API server (its origin starts with ``api:``), else ``manifests``."""
-    return "api" if (dp.source or "").startswith("api:") else "manifests"
+    """``api`` for a pod from the API server, else ``manifests``."""
+    return origin_kind(dp.source)
 
 
 def _desired_row(dp: DesiredPod, vtm, asw: ActualStateOfWorld, executor: OperationExecutor,

@@ -20,7 +20,8 @@ import pytest
 from tests.daemon_harness import wait_until
 from tests.fake_apiserver.conftest import fake_apiserver, kubeconfig  # noqa: F401 - pytest fixtures
 from volumemanager.kube.config import ApiServerConfig, make_client
-from volumemanager.sources.apiserver import ApiServerSource, origin_kind
+from volumemanager.sources.apiserver import ApiServerSource
+from volumemanager.sources.base import origin_kind
 from volumemanager.sources.combined import CombinedSource
 
 NODE = "node-a"

@@ -19,6 +19,7 @@ from typing import Any, Callable
 from volumemanager.controller.decide import claim_uid_of
 from volumemanager.controller.records import ProvisionedVolumes
 from volumemanager.manifests import models as m
+from volumemanager.sources.base import origin_kind
 
 
 def merge_provisioned(snap: m.Snapshot, records: dict[str, m.PersistentVolume], generation: int) -> m.Snapshot:
@@ -39,13 +40,9 @@ def merge_provisioned(snap: m.Snapshot, records: dict[str, m.PersistentVolume], 
     return dataclasses.replace(snap, pvs=pvs, pvcs=pvcs, generation=generation)
 
 
-#: How the API-server source marks its objects' origin (sources/apiserver.py API_ORIGIN_PREFIX).
-API_ORIGIN_PREFIX = "api:"
-
-
 def without_api_claims(snap: m.Snapshot) -> m.Snapshot:
     """``snap`` without the PersistentVolumeClaims read from an API server (a pure function)."""
-    pvcs = {k: c for k, c in snap.pvcs.items() if not str(c.origin).startswith(API_ORIGIN_PREFIX)}
+    pvcs = {k: c for k, c in snap.pvcs.items() if origin_kind(c.origin) != "api"}
     if len(pvcs) == len(snap.pvcs):
         return snap
     return dataclasses.replace(snap, pvcs=pvcs)

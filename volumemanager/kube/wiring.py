@@ -11,20 +11,17 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from operation_executor.types import BLOCK, PodRef
+from volumemanager.sources.base import origin_kind
 
 if TYPE_CHECKING:
     from operation_executor.executor import OperationOutcome
-    from volumemanager.kube.reporter import EventTarget, ReporterInputs
+    from volumemanager.kube.reporter import ReporterInputs
     from volumemanager.volume_manager import VolumeManager
-
-
-#: How the API-server source marks the origin of its objects (sources/apiserver.py API_ORIGIN_PREFIX).
-API_ORIGIN_PREFIX = "api:"
 
 
 def is_api_pod(source: str | None) -> bool:
     """A desired pod read from the API server (not from a manifest file)."""
-    return bool(source) and str(source).startswith(API_ORIGIN_PREFIX)
+    return origin_kind(source) == "api"
 
 
 def reporter_inputs(vm: "VolumeManager") -> ReporterInputs:

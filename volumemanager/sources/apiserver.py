@@ -32,12 +32,10 @@ from operation_executor.types import SecretRef
 from volumemanager.kube.informer import KindSpec, Obj, ObjKey, Reflector, WatchState
 from volumemanager.manifests import models as m
 from volumemanager.manifests.documents import parse_document
-from volumemanager.sources.base import SourceHealth
+from volumemanager.sources.base import API_ORIGIN_PREFIX, SourceHealth
 
 log = logging.getLogger(__name__)
 
-#: Origins of API objects start with this; ``origin_kind`` tells "api" from "manifests".
-API_ORIGIN_PREFIX = "api:"
 TERMINAL_PHASES = ("Succeeded", "Failed")
 
 # name -> (kind, apiVersion) of what each reflector holds (list items come without them).
@@ -49,11 +47,6 @@ _KINDS = {
     "csidrivers": (m.KIND_CSIDRIVER, "storage.k8s.io/v1"),
     "volumeattachments": ("VolumeAttachment", "storage.k8s.io/v1"),
 }
-
-
-def origin_kind(origin: object) -> str:
-    """``api`` for an object read from the API server, ``manifests`` for one from a file."""
-    return "api" if str(origin).startswith(API_ORIGIN_PREFIX) else "manifests"
 
 
 def parse_time(value: Any) -> Optional[float]:

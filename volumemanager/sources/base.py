@@ -12,6 +12,15 @@ SYNCED = "synced"
 FAILED = "failed"
 STARTING = "starting"
 
+#: The origin of an object read from an API server starts with this (``api:Pod ns/name``); a
+#: manifest file's origin is its path. One rule, asked through ``origin_kind``.
+API_ORIGIN_PREFIX = "api:"
+
+
+def origin_kind(origin: object) -> str:
+    """``api`` for an object read from the API server, ``manifests`` for one from a file."""
+    return "api" if str(origin or "").startswith(API_ORIGIN_PREFIX) else "manifests"
+
 
 @dataclass(frozen=True)
 class SourceHealth:
