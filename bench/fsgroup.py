@@ -12,8 +12,10 @@ reset (untimed) to gid 0 and mode 0644/0755, so every tool has the same work to 
 * ``chgrp -R``: group only (the target: issue 13 asks for <= 1x it);
 * ``floor``: ``chgrp -R`` + ``chmod -R g+rwX`` + ``find -type d -exec chmod g+s {} +``, the
   coreutils equivalent of what the kubelet does;
-* ``ours wN``: ``set_volume_ownership(workers=N)`` on a tree that needs everything changed;
-* ``ours rerun``: the same on a tree already right (``Always`` policy: a full walk, no change);
+* ``native wN``: ``set_volume_ownership(workers=N)`` with the C walk (``mount_utils._ownership``)
+  on a tree that needs everything changed (skipped when the extension is not built);
+* ``python wN``: the same with the Python walk (``native=False``), the reference;
+* ``rerun``: each walk on a tree already right (``Always`` policy: a full walk, no change);
 * ``OnRootMismatch``: the same with that policy (one lstat).
 
 Everything it creates (tmpfs mount, loop device, sparse image, temp dir) is removed in a finally.
@@ -32,7 +34,7 @@ from collections.abc import Callable, Iterator
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from mount_utils.ownership import ON_ROOT_MISMATCH, set_volume_ownership  # noqa: E402
+from mount_utils.ownership import ON_ROOT_MISMATCH, _native, set_volume_ownership  # noqa: E402
 
 GID = 4321
 SHAPES = {"flat": (100, 1000), "dirs": (10_000, 10)}
@@ -107,16 +109,22 @@ def bench_tree(root: str, trials: int, workers: list[int]) -> list[tuple[str, fl
         subprocess.run(["find", root, "-type", "d", "-exec", "chmod", "g+s", "{}", "+"], check=True)
 
     rows.append(("floor (chgrp+chmod+find)", best_of(trials, prep, floor)))
-    for n in workers:
-        rows.append((f"ours w{n}", best_of(trials, prep, lambda n=n: _ours(root, n))))
-    rows.append(("ours rerun (already right)", best_of(trials, None, lambda: _ours(root, workers[0]))))
-    rows.append(("ours OnRootMismatch (right)", best_of(
-        trials, None, lambda: _ours(root, workers[0], ON_ROOT_MISMATCH, expect_files=0))))
+    impls = ([True] if _native is not None else []) + [False]
+    for native in impls:
+        name = "native" if native else "python"
+        for n in workers:
+            rows.append((f"{name} w{n}", best_of(trials, prep, lambda n=n, native=native: _ours(root, n, native))))
+    for native in impls:
+        name = "native" if native else "python"
+        rows.append((f"{name} rerun (already right)", best_of(
+            trials, None, lambda native=native: _ours(root, max(workers), native))))
+    rows.append(("OnRootMismatch (right)", best_of(
+        trials, None, lambda: _ours(root, workers[0], bool(impls[0]), ON_ROOT_MISMATCH, expect_files=0))))
     return rows
 
 
-def _ours(root: str, workers: int, policy: str = "Always", expect_files: int | None = None) -> None:
-    res = set_volume_ownership(root, GID, policy, workers=workers)
+def _ours(root: str, workers: int, native: bool, policy: str = "Always", expect_files: int | None = None) -> None:
+    res = set_volume_ownership(root, GID, policy, workers=workers, native=native)
     res.raise_for_failures()
     if expect_files is not None and res.files != expect_files:
         raise SystemExit(f"unexpected walk: {res}")
