@@ -365,8 +365,10 @@ READER = textwrap.dedent(r"""
                     continue
                 check(files, "held")
                 stats["held"] += 1
-        except (FileNotFoundError, NotADirectoryError):
-            stats["retries"] += 1  # an old version removed while being read
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            # An old version removed while being read, or a name that was a file in one
+            # version and a directory in the next, met across the swap: a reader retries.
+            stats["retries"] += 1
         if i == 1:
             open(ready, "w").close()
     stats["versions"] = sorted(stats["versions"])
