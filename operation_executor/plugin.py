@@ -236,9 +236,9 @@ class VolumePlugin(ABC):
         """Why ``fs_group_mode`` is None for this volume, for status (``skipped_reason``)."""
         return f"{self.display_name} volumes do not take an fsGroup"
 
-    # Threads for the fsGroup walk: one is fastest on local filesystems (the GIL, see
-    # mount_utils.ownership.DEFAULT_WORKERS); a network filesystem, where every syscall waits
-    # for the server, sets more.
+    # Threads for the fsGroup walk; None: the walk's own default (the C walk one per core, at
+    # most 4; the Python fallback one, as the GIL makes more slower, see mount_utils.ownership).
+    # A network filesystem, where every syscall waits for the server, sets more.
     fs_group_walk_workers: int | None = None
 
     # Whether the fsGroup walk gives this plugin's files the read-only bits (``|0440``) rather
