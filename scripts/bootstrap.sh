@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(util-linux e2fsprogs xfsprogs udev systemd iproute2 procps)
+APT_PACKAGES=(util-linux e2fsprogs xfsprogs udev systemd iproute2 procps jq strace gcc)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
