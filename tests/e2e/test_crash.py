@@ -49,9 +49,14 @@ spec:
     configMap: {{name: crash-cfg}}
   - name: creds
     secret: {{secretName: crash-creds}}
+  - name: info
+    downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}
+  - name: bundle
+    projected: {{sources: [{{configMap: {{name: crash-cfg}}}}, {{secret: {{name: crash-creds}}}}]}}
 """
 
-# The configMap (a plain dir on disk) and secret (a tmpfs) every pod also mounts.
+# The configMap and downwardAPI (plain dirs on disk), secret and projected (tmpfs) volumes
+# every pod also mounts.
 OBJECTS = """\
 apiVersion: v1
 kind: ConfigMap
