@@ -18,6 +18,8 @@ from tests.csi_loop.harness import plugin_factory
 from tests.daemon_harness import wait_until
 from tests.fixtures_mounts import loop_device_factory  # noqa: F401 - fixture
 from tests.fixtures_mounts import require_root, require_tools
+from tests.plugins_flex.drivers import TMPFS as FLEX_DRIVER
+from tests.plugins_flex.drivers import install_driver
 
 KILLS = int(os.environ.get("VM_CRASH_KILLS", "50"))
 SEED = int(os.environ.get("VM_CRASH_SEED", str(random.randrange(1 << 30))))
@@ -53,6 +55,8 @@ spec:
     downwardAPI: {{items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]}}
   - name: bundle
     projected: {{sources: [{{configMap: {{name: crash-cfg}}}}, {{secret: {{name: crash-creds}}}}]}}
+  - name: flex
+    flexVolume: {{driver: {FLEX_DRIVER}, options: {{size: 4m}}}}
 """
 
 # The configMap and downwardAPI (plain dirs on disk), secret and projected (tmpfs) volumes
@@ -104,9 +108,9 @@ spec: {{volumeName: {h}}}
     return "---\n".join(docs)
 
 
-def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory):
+def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory, tmp_path):
     require_root()
-    require_tools("losetup", "mkfs.ext4", "blkid")
+    require_tools("losetup", "mkfs.ext4", "blkid", "jq")
     rng = random.Random(SEED)
     print(f"crash test seed {SEED} (VM_CRASH_SEED to replay), {KILLS} kills")
     plugin = csi_loop()
@@ -116,7 +120,11 @@ def test_random_kills_lose_nothing(daemon_factory, csi_loop, loop_device_factory
     # Two pods per claim: staging is shared and must outlive the first pod.
     pods = {f"p{i}-{c}": c for c in claims for i in range(2)}
 
-    d = daemon_factory(start=False, extra_args=["--csi-timeout", "5"])
+    # A FlexVolume driver (not attachable: mount/unmount of a tmpfs), a shell script like the
+    # drivers written elsewhere; killed with the daemon or not, its mounts are adopted.
+    install_driver(tmp_path / "flex-plugins", FLEX_DRIVER, tmp_path / "flex-work")
+    d = daemon_factory(start=False, extra_args=["--csi-timeout", "5",
+                                                "--volume-plugin-dir", str(tmp_path / "flex-plugins")])
     d.write_manifest("storage.yaml", storage_manifest(locals_, handles))
     d.write_manifest("objects.yaml", OBJECTS)
     d.start()
