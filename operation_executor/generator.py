@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 from operation_executor.executor import DEFAULT_LANE
 from operation_executor.errors import FinalError, OperationError, TransientError, UncertainError, is_uncertain
@@ -61,6 +61,23 @@ def outcome_word(err: BaseException | None) -> str:
     return "uncertain"
 
 
+def journaled(journal: IntentJournal, step: str, key: str, pod_uid: str | None, details: Mapping[str, Any],
+              fn: Callable[[], Any], *, durable: bool = True, required: bool = True) -> Any:
+    """Run ``fn`` between the intent to do ``step`` and its outcome (Mesos' checkpointed
+    intents): the begin record goes out (fsync'd when ``durable``) before ``fn`` starts, the
+    end with the outcome after. ``required=False`` (teardown) lets the step run when its intent
+    cannot be recorded; a required one that cannot be recorded raises the journal's
+    TransientError before ``fn`` starts."""
+    token = journal.begin(step, key, pod_uid, dict(details), durable=durable, required=required)
+    try:
+        result = fn()
+    except BaseException as e:
+        journal.end(token, outcome_word(e))
+        raise
+    journal.end(token, "ok")
+    return result
+
+
 class OperationGenerator:
     def __init__(
         self,
@@ -94,17 +111,8 @@ class OperationGenerator:
         durable: bool = True,
         required: bool = True,
     ):
-        """Journal ``step`` around ``fn``. ``required=False`` (teardown) lets the step run
-        when its intent cannot be recorded; a required one that cannot be recorded raises
-        the journal's TransientError before ``fn`` starts."""
-        token = self._journal.begin(step, volume_id, pod_uid, details, durable=durable, required=required)
-        try:
-            result = fn()
-        except BaseException as e:
-            self._journal.end(token, outcome_word(e))
-            raise
-        self._journal.end(token, "ok")
-        return result
+        """Journal ``step`` around ``fn`` (see ``journaled``)."""
+        return journaled(self._journal, step, volume_id, pod_uid, details, fn, durable=durable, required=required)
 
     # --- mount ----------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from typing import Any, Callable, Iterable, Mapping
 
 from operation_executor.errors import FinalError, OperationError, WaitingError, is_uncertain
 from operation_executor.executor import OperationKey, OperationOutcome
-from operation_executor.generator import GeneratedOperation, as_operation_error, outcome_word
+from operation_executor.generator import GeneratedOperation, as_operation_error, journaled
 from operation_executor.types import BLOCK, SecretRef, VolumeSpec
 from volumemanager.controller.durable import TMP_SUFFIX, remove_durably, write_durably
 
@@ -397,14 +397,7 @@ class AttachController:
         return {str(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in data.items()}
 
     def _journaled(self, step: str, name: str, details: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
-        token = self._journal.begin(step, KEY_PREFIX + name, None, details, durable=True, required=True)
-        try:
-            result = fn()
-        except BaseException as e:
-            self._journal.end(token, outcome_word(e))
-            raise
-        self._journal.end(token, "ok")
-        return result
+        return journaled(self._journal, step, KEY_PREFIX + name, None, details, fn)
 
     def operation(self, action: AttachAction) -> GeneratedOperation:
         step = self._attach if action.kind == ATTACH else self._detach

@@ -21,7 +21,7 @@ import time
 from typing import Any, Callable, Mapping
 
 from operation_executor.errors import FinalError, UncertainError, WaitingError
-from operation_executor.generator import GeneratedOperation, as_operation_error, outcome_word
+from operation_executor.generator import GeneratedOperation, as_operation_error, journaled
 from operation_executor.journal import IntentJournal
 from operation_executor.types import SecretRef
 from operation_executor.use_guard import VolumeUseGuard
@@ -79,14 +79,7 @@ class ControllerOperations:
         return {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}
 
     def _journaled(self, step: str, name: str, details: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
-        token = self._journal.begin(step, operation_key(name), None, details, durable=True, required=True)
-        try:
-            result = fn()
-        except BaseException as e:
-            self._journal.end(token, outcome_word(e))
-            raise
-        self._journal.end(token, "ok")
-        return result
+        return journaled(self._journal, step, operation_key(name), None, details, fn)
 
     # --- provision ------------------------------------------------------------------------
 
