@@ -163,7 +163,8 @@ class Faults:
                     faults[method] = dict(entry, count=remaining)
                 else:
                     del faults[method]
-                tmp = self.path + ".tmp"
+                # A name of its own: the test rewrites faults.json at any moment too.
+                tmp = f"{self.path}.{os.getpid()}.{threading.get_ident()}.tmp"
                 with open(tmp, "w") as f:
                     json.dump(faults, f)
                 os.replace(tmp, self.path)

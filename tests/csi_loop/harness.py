@@ -202,7 +202,8 @@ class CSILoopPlugin:
 
     def _write_faults(self, faults: dict[str, Any]) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_dir / "faults.json.tmp"
+        # A name of its own: the plugin rewrites faults.json as it uses a fault up.
+        tmp = self.state_dir / f"faults.json.test-{os.getpid()}.tmp"
         tmp.write_text(json.dumps(faults))
         os.replace(tmp, self.state_dir / "faults.json")
 
