@@ -114,10 +114,14 @@ def test_final_error_shows_its_grpc_code_in_explain(daemon_factory, csi_loop):
     wait_until(lambda: d.status()["drivers"], 15, what="driver registration")
     d.write_manifest("pv.yaml", csi_pv())
     wait_until(lambda: [v["state"] for v in d.status()["volumes"]] == ["error"], 20, what="the error state")
-    out = d.cli("explain", "demo/app", check=False)
+    # Between two retries (an explain taken while a retry runs says "in progress" instead).
+    def explained():
+        out = d.cli("explain", "demo/app", check=False)
+        return out if "next retry in" in out.stdout else None
+
+    out = wait_until(explained, 20, 0.1, what="an explanation between two retries")
     assert out.returncode == 1
     assert "NodeStageVolume" in out.stdout and "INVALID_ARGUMENT" in out.stdout and "bad fsType" in out.stdout
-    assert "next retry in" in out.stdout
 
 
 def test_unregistered_driver_is_named_in_explain(daemon):

@@ -154,7 +154,7 @@ def test_driver_installed_after_start_is_probed_and_the_waiting_pod_mounts(flex_
     assert [v for v in verbs(drv) if v != "init"] == ["mount"]
     (d.manifests / "pod.yaml").unlink()
     wait_until(lambda: not d.mounts(), 30, what=f"torn down ({d.log(2000)})")
-    wait_until(lambda: not Path(row["mount_path"]).exists(), 10, what="the pod's dir removed")
+    wait_until(lambda: not Path(row["mount_path"]).exists(), 30, what=f"the pod's dir removed ({d.log(2000)})")
     assert [v for v in verbs(drv) if v != "init"] == ["mount", "unmount"]
 
 
