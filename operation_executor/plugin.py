@@ -109,6 +109,13 @@ class VolumePlugin(ABC):
             return f"{self.name}/{spec.name}"
         return f"{self.name}/{pod.uid}-{spec.name}"
 
+    def attachable_volume_name(self, spec: VolumeSpec) -> str | None:
+        """The kubelet's unique name of a volume the cluster's attach/detach controller
+        attaches (``GetVolumeName`` of an attachable plugin: CSI's ``kubernetes.io/csi/<driver>^
+        <handle>``), as the node lists it in ``status.volumesInUse``; None for volumes that are
+        never attached (the default)."""
+        return None
+
     def operation_lane(self, spec: VolumeSpec) -> str:
         """The executor lane (workers of its own) that runs this volume's operations, so that
         operations which wait never hold up another lane's: ``QUICK_LANE`` when every

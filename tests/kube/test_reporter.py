@@ -27,7 +27,7 @@ from volumemanager.csi.registry import DriverInfo, DriverRegistry
 from volumemanager.kube import events as ev
 from volumemanager.kube.config import ApiServerConfig, make_client
 from volumemanager.kube.csinode import NODE_ID_ANNOTATION
-from volumemanager.kube.node_status import in_use_name, volumes_in_use
+from volumemanager.kube.node_status import volumes_in_use
 from volumemanager.kube.reporter import (EventTarget, Reporter, ReporterInputs, ReporterTuning, event_for,
                                          stable_lines)
 
@@ -200,17 +200,27 @@ def test_stable_lines_and_reasons():
 
 # --- volumesInUse ----------------------------------------------------------------------------
 
-def test_unique_names_of_attachable_volumes():
+def test_unique_names_of_attachable_volumes(tmp_path):
+    """Each plugin names its attachable volumes (the kubelet's GetVolumeName): CSI volumes with
+    a handle; inline ephemeral CSI and hostPath volumes are never attached."""
+    from mount_utils.mounter import LinuxMounter
     from volumemanager.manifests.models import CSISource, HostPathSource
+    from volumemanager.plugin_host import DaemonPluginHost
+    from volumemanager.plugins import build_plugins
+
+    plugins = build_plugins(DaemonPluginHost(str(tmp_path), "node-a", LinuxMounter()))
+
+    def name_of(spec):
+        return plugins.find(spec.plugin_name).attachable_volume_name(spec)
 
     pv = VolumeSpec("pv1", "kubernetes.io/csi", CSISource("loop.csi.x", "h-2", None, {}, False))
     inline = VolumeSpec("eph", "kubernetes.io/csi", CSISource("loop.csi.x", None, None, {}, False))
     hp = VolumeSpec("hp", "kubernetes.io/host-path", HostPathSource("/srv", ""))
-    assert in_use_name(pv) == "kubernetes.io/csi/loop.csi.x^h-2"
-    assert in_use_name(inline) is None and in_use_name(hp) is None
+    assert name_of(pv) == "kubernetes.io/csi/loop.csi.x^h-2"
+    assert name_of(inline) is None and name_of(hp) is None
     pv1 = VolumeSpec("pv0", "kubernetes.io/csi", CSISource("loop.csi.x", "h-1", None, {}, False))
-    assert volumes_in_use([pv, None, pv1, pv, hp]) == ["kubernetes.io/csi/loop.csi.x^h-1",
-                                                       "kubernetes.io/csi/loop.csi.x^h-2"]
+    assert volumes_in_use([pv, None, pv1, pv, hp], name_of) == ["kubernetes.io/csi/loop.csi.x^h-1",
+                                                                "kubernetes.io/csi/loop.csi.x^h-2"]
 
 
 def test_volumes_in_use_is_a_merge_patch_of_that_field_only(fake_apiserver, kubeconfig, reporters):  # noqa: F811

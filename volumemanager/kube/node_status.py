@@ -15,23 +15,14 @@ from typing import Any, Callable, Iterable
 
 from operation_executor.types import VolumeSpec
 
-#: The CSI plugin's name, the first part of a CSI volume's unique name.
-CSI_PLUGIN_NAME = "kubernetes.io/csi"
+#: A volume's unique name as the cluster's attach/detach controller knows it, or None for a
+#: volume it never attaches: each plugin's ``attachable_volume_name``.
+AttachableName = Callable[[VolumeSpec], "str | None"]
 
 
-def in_use_name(spec: VolumeSpec) -> str | None:
-    """The kubelet's unique name of an attachable volume (``kubernetes.io/csi/<driver>^<handle>``,
-    ``csi_plugin.go GetVolumeName``), or None for a volume the ADC never attaches (inline
-    ephemeral CSI, emptyDir, hostPath, local, NFS, configMap ...)."""
-    src = spec.source
-    if spec.plugin_name == CSI_PLUGIN_NAME and getattr(src, "volume_handle", None) and getattr(src, "driver", None):
-        return f"{CSI_PLUGIN_NAME}/{src.driver}^{src.volume_handle}"
-    return None
-
-
-def volumes_in_use(specs: Iterable[VolumeSpec | None]) -> list[str]:
-    """Sorted, unique unique-names of the attachable volumes among ``specs``."""
-    return sorted({n for n in (in_use_name(s) for s in specs if s is not None) if n})
+def volumes_in_use(specs: Iterable[VolumeSpec | None], name_of: AttachableName) -> list[str]:
+    """Sorted, unique names of the attachable volumes among ``specs``."""
+    return sorted({n for n in (name_of(s) for s in specs if s is not None) if n})
 
 
 class VolumesInUseWriter:

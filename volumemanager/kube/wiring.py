@@ -36,7 +36,13 @@ def reporter_inputs(vm: "VolumeManager") -> ReporterInputs:
         # kubelet GetVolumesInUse: desired volumes to mount and attached volumes of the actual state.
         specs: list[Any] = [v.spec for v in dsw.volumes_to_mount()]
         specs += [av.spec for av in asw.attached_volumes()]
-        return volumes_in_use(specs)
+        return volumes_in_use(specs, attachable_name)
+
+    def attachable_name(spec) -> str | None:
+        try:
+            return plugins.find(spec.plugin_name).attachable_volume_name(spec)
+        except KeyError:
+            return None
 
     def targets(outcome: OperationOutcome) -> list[EventTarget]:
         key = outcome.key

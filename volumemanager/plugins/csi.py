@@ -347,6 +347,14 @@ class CSIPlugin(VolumePlugin):
         driver = getattr(spec.source, "driver", "") or "?"
         return f"csi:{driver}"
 
+    def attachable_volume_name(self, spec: VolumeSpec) -> str | None:
+        """``kubernetes.io/csi/<driver>^<handle>`` (csi_plugin.go GetVolumeName); inline
+        ephemeral volumes (no handle) are never attached."""
+        src = spec.source
+        if getattr(src, "volume_handle", None) and getattr(src, "driver", None):
+            return f"{self.name}/{src.driver}^{src.volume_handle}"
+        return None
+
     def volume_id(self, spec: VolumeSpec, pod: PodRef) -> str:
         src = self._source(spec)
         if src.volume_handle:
