@@ -602,6 +602,27 @@ def _describe(request: Any) -> dict[str, Any]:
     return out
 
 
+# Controller calls that act on one volume. Like real drivers (the sidecars' "operation pending
+# for volume" rule), a second call for a volume while one is in flight -- a CO's retry after
+# its deadline, or after it was restarted, while the first still runs -- is refused with
+# ABORTED instead of racing it (a held CreateVolume finishing after the DeleteVolume that
+# followed its retry would leave a volume nobody knows of).
+_VOLUME_CALLS = frozenset({"CreateVolume", "DeleteVolume", "ControllerPublishVolume",
+                           "ControllerUnpublishVolume", "ControllerExpandVolume"})
+_volumes_in_flight: set[str] = set()
+_volumes_in_flight_lock = threading.Lock()
+
+
+def _volume_of(method: str, request: Any) -> str | None:
+    if method not in _VOLUME_CALLS:
+        return None
+    if method == "CreateVolume":
+        from tests.csi_loop.controller import derived_id
+
+        return derived_id("vol", request.name) if request.name else None
+    return request.volume_id or None
+
+
 def make_handler(driver: LoopDriver, method: str, owner: Any = None) -> Callable[[Any, grpc.ServicerContext], Any]:
     """``owner.<method>`` (the driver by default) wrapped in the call log and the fault knobs.
 
@@ -611,6 +632,24 @@ def make_handler(driver: LoopDriver, method: str, owner: Any = None) -> Callable
 
     def handler(request: Any, context: grpc.ServicerContext) -> Any:
         driver.log.write(method, **_describe(request))
+        volume = _volume_of(method, request)
+        if volume is not None:
+            with _volumes_in_flight_lock:
+                busy = volume in _volumes_in_flight
+                if not busy:
+                    _volumes_in_flight.add(volume)
+            if busy:
+                print(f"csi-loop: {method} -> ABORTED: an operation for volume {volume} is in flight",
+                      file=sys.stderr, flush=True)
+                context.abort(grpc.StatusCode.ABORTED, f"an operation for volume {volume} is already in progress")
+        try:
+            return _handle(request, context)
+        finally:
+            if volume is not None:
+                with _volumes_in_flight_lock:
+                    _volumes_in_flight.discard(volume)
+
+    def _handle(request: Any, context: grpc.ServicerContext) -> Any:
         fault = driver.faults.take(method)
         after = bool(fault and fault.get("after"))
         if fault:
