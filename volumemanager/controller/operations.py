@@ -17,11 +17,12 @@ a success for a volume that is already gone.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from typing import Any, Callable, Mapping
 
-from operation_executor.errors import FinalError, UncertainError, WaitingError
-from operation_executor.generator import GeneratedOperation, as_operation_error, journaled
+from operation_executor.errors import FinalError, UncertainError, WaitingError, is_uncertain
+from operation_executor.generator import GeneratedOperation, as_operation_error, journaled, outcome_word
 from operation_executor.journal import IntentJournal
 from operation_executor.types import SecretRef
 from operation_executor.use_guard import VolumeUseGuard
@@ -31,6 +32,9 @@ from volumemanager.controller.decide import ControllerAction
 from volumemanager.manifests import models as m
 
 log = logging.getLogger(__name__)
+
+#: Steps that make something in the storage system (see ControllerOperations._journaled).
+_CREATE_STEPS = frozenset({"CreateVolume", "CreateSnapshot"})
 
 # Controller steps run in lanes of their own per driver, so a slow CreateVolume never holds up
 # a node step (and the other way round).
@@ -59,6 +63,9 @@ class ControllerOperations:
         # and looks at the node once more, (PV name, driver, handle) -> in use?, right before.
         self._use_guard = use_guard or VolumeUseGuard()
         self._still_used = still_used or (lambda name, driver, handle: False)
+        # name -> (journal token, step) of creates whose answer was uncertain: kept open.
+        self._open_creates: dict[str, list[tuple[object, str]]] = {}
+        self._open_lock = threading.Lock()
 
     # --- plumbing -------------------------------------------------------------------------
 
@@ -79,7 +86,34 @@ class ControllerOperations:
         return {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}
 
     def _journaled(self, step: str, name: str, details: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
-        return journaled(self._journal, step, operation_key(name), None, details, fn)
+        """Journal ``step`` around ``fn``. A create whose answer is uncertain (a deadline, a
+        lost reply, ABORTED while an earlier call still runs in the driver) may still make its
+        volume or snapshot after we gave up on it: its intent stays open, so that a restart
+        sends it again (and then deletes what it made, if nothing wants it any more) instead
+        of forgetting it; the next answer for the same name closes it."""
+        if step not in _CREATE_STEPS:
+            return journaled(self._journal, step, operation_key(name), None, details, fn)
+        token = self._journal.begin(step, operation_key(name), None, dict(details), durable=True, required=True)
+        try:
+            result = fn()
+        except BaseException as e:
+            if is_uncertain(e):
+                with self._open_lock:
+                    self._open_creates.setdefault(name, []).append((token, step))
+            else:
+                self._journal.end(token, outcome_word(e))
+            raise
+        self._journal.end(token, "ok")
+        self.settle_creates(name)
+        return result
+
+    def settle_creates(self, name: str) -> None:
+        """Close the intents of earlier uncertain creates of ``name``: a later answer (the
+        create succeeded, or the volume was deleted) settled them."""
+        with self._open_lock:
+            held = self._open_creates.pop(name, [])
+        for token, _ in held:
+            self._journal.end(token, "ok")
 
     # --- provision ------------------------------------------------------------------------
 
@@ -170,6 +204,7 @@ class ControllerOperations:
 
         with self._use_guard.deleting(name, lambda: self._still_used(name, src.driver, src.volume_handle)):
             self._journaled("DeleteVolume", name, {"volume_id": src.volume_handle, "driver": src.driver}, call)
+        self.settle_creates(name)
         self._records.remove(name)
         log.info("deleted volume %s (%s)", name, src.volume_handle, extra={"volume": name})
 

@@ -104,5 +104,6 @@ class SnapshotOperations:
                     raise
 
         self._base._journaled("DeleteSnapshot", name, {"snapshot_id": rec.snapshot_id, "driver": rec.driver}, call)
+        self._base.settle_creates(name)
         self._records.remove(name)
         log.info("deleted snapshot %s (%s)", name, rec.snapshot_id, extra={"volume": name})
