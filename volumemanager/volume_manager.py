@@ -159,7 +159,7 @@ class VolumeManager:
     def _specs_attached_here(self) -> list:
         """The desired volumes the one-host attach controller attaches: not the API server's
         PVs, which the cluster attaches (their VolumeAttachment gates them)."""
-        specs = [v.spec for v in self.dsw.volumes_to_mount()]
+        specs = [v.spec for v in self.dsw.persistent_volumes_to_mount()]
         cluster = getattr(self, "cluster_node", None)
         if cluster is None:
             return specs
@@ -248,7 +248,7 @@ class VolumeManager:
         from volumemanager.manifests.models import CSISource
 
         specs = [mv.spec for mv in self.asw.mounted_volumes()] + [av.spec for av in self.asw.attached_volumes()]
-        specs += [v.spec for v in self.dsw.volumes_to_mount()]
+        specs += [v.spec for v in self.dsw.persistent_volumes_to_mount()]  # only these have names/handles
         # Stages on disk too (their record is written before NodeStage starts and removed after
         # NodeUnstage): a stage in flight is not in the actual state yet, and must count.
         for plugin in self.plugins.plugins():

@@ -45,6 +45,9 @@ class DesiredStateOfWorld:
         self._pods: dict[str, _Entry] = {}
         self._by_key: dict[str, str] = {}  # "ns/name" -> uid
         self._by_volume: dict[str, dict[str, VolumeToMount]] = {}  # volume_id -> {pod uid -> vtm}
+        # Volumes with an identity beyond their pods (a PV name or a CSI volume handle): what the
+        # controller asks about on every pass, so it never walks the pods' scratch volumes.
+        self._persistent: set[str] = set()
 
     # --- writers (the populator) ----------------------------------------------------------
 
@@ -63,6 +66,8 @@ class DesiredStateOfWorld:
             ids = frozenset(v.volume_id for v in desired.volumes)
             for v in desired.volumes:
                 self._by_volume.setdefault(v.volume_id, {})[uid] = v
+                if _is_persistent(v):
+                    self._persistent.add(v.volume_id)
             changed |= ids
             self._pods[uid] = _Entry(desired, ids)
             self._by_key[desired.pod.key] = uid
@@ -84,6 +89,7 @@ class DesiredStateOfWorld:
                 pods.pop(uid, None)
                 if not pods:
                     del self._by_volume[vid]
+                    self._persistent.discard(vid)
         return set(entry.volume_ids)
 
     # --- readers --------------------------------------------------------------------------
@@ -131,6 +137,15 @@ class DesiredStateOfWorld:
                     out.extend(pods.values())
             return out
 
+    def persistent_volumes_to_mount(self) -> list[VolumeToMount]:
+        """The desired volumes with a PV name or a CSI volume handle (O(those), not O(all))."""
+        with self._lock:
+            return [v for vid in self._persistent for v in self._by_volume.get(vid, {}).values()]
+
     def __len__(self) -> int:
         with self._lock:
             return len(self._pods)
+
+
+def _is_persistent(vtm: VolumeToMount) -> bool:
+    return bool(vtm.spec.pv_name or getattr(vtm.spec.source, "volume_handle", None))

@@ -245,6 +245,11 @@ class AttachmentRecords:
         with self._lock:
             return dict(self._records)
 
+    def count(self) -> int:
+        """How many records (O(1))."""
+        with self._lock:
+            return len(self._records)
+
     def get(self, name: str) -> Attachment | None:
         with self._lock:
             return self._records.get(name)
@@ -328,8 +333,14 @@ class AttachController:
 
     def decision(self) -> AttachDecision:
         records = self.records.all()
-        wanted = self._wanted()
         registered, publish = self._publish_drivers()
+        if not records and not publish:
+            # No driver attaches and nothing is attached: nothing to decide, and no walk over
+            # the desired volumes (this runs on every wake of the controller).
+            with self._lock:
+                self._waiting = {}
+            return AttachDecision()
+        wanted = self._wanted()
         in_use: frozenset[tuple[str, str]] = frozenset()
         if any(n not in wanted for n in records):  # a detach is possible: look at the node
             names, handles = self._in_use()

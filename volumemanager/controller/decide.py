@@ -105,7 +105,7 @@ def decide(
     is gone, as external-provisioner does: then the volume has a record, is Released and,
     with Delete, deleted. Without that the volume would leak."""
     out = Decision()
-    consumers = cl.claim_consumers(snap)
+    consumers: frozenset[tuple[str, str]] | None = None  # walked only for a WaitForFirstConsumer claim
     live_uids = {c.uid for c in snap.pvcs.values()}
     live_names = {cl.volume_name(c) for c in snap.pvcs.values()}
     for name, driver_name in sorted(in_background.items()):
@@ -140,6 +140,8 @@ def decide(
         if CREATE_DELETE_VOLUME not in driver.controller_capabilities:
             out.waiting[name] = f"CSI driver {sc.provisioner} to have the CREATE_DELETE_VOLUME capability"
             continue
+        if sc.volume_binding_mode == cl.WAIT_FOR_FIRST_CONSUMER and consumers is None:
+            consumers = cl.claim_consumers(snap)  # every pod: only when a claim waits for one
         if sc.volume_binding_mode == cl.WAIT_FOR_FIRST_CONSUMER and (claim.namespace, claim.name) not in consumers:
             out.waiting[name] = "first consumer (StorageClass volumeBindingMode WaitForFirstConsumer): no pod uses the claim"
             continue

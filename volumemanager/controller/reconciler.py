@@ -151,7 +151,19 @@ class ControllerReconciler:
                     self._background_sources.pop(name, None)
             if outcome.error is None:
                 self._on_records_changed()
-        self.wake()  # a node tear-down may free a volume to delete
+            self.wake()
+        elif self._node_matters():
+            self.wake()  # a node tear-down may free a volume to delete or detach
+
+    def _node_matters(self) -> bool:
+        """Whether a node operation finishing may change a decision: only while a volume of
+        ours exists (a provisioned or attached one may be waiting for the node to let go) or
+        something waits. A node with none (tmpfs, hostPath, static PVs) never wakes this loop
+        per mount: at 10,000 volumes each pass would walk the desired state once per mount."""
+        with self._cond:
+            if self._last_waiting:
+                return True
+        return self._records.count() > 0 or (self._attach is not None and self._attach.records.count() > 0)
 
     def adopt_interrupted(self, intents: list[dict]) -> None:
         """At start, before the journal forgets them: each CreateVolume the last run began and

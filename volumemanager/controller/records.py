@@ -83,6 +83,11 @@ class ProvisionedVolumes:
         with self._lock:
             return dict(self._pvs)
 
+    def count(self) -> int:
+        """How many records (O(1))."""
+        with self._lock:
+            return len(self._pvs)
+
     def get(self, name: str) -> PersistentVolume | None:
         with self._lock:
             return self._pvs.get(name)
