@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import threading
 from typing import Any, Callable, Iterable, Mapping
 
 import grpc
@@ -27,19 +26,15 @@ from google.protobuf.message import Message
 
 from operation_executor.errors import FinalError, OperationError, UncertainError
 from volumemanager._proto.csi.v1 import csi_pb2, csi_pb2_grpc
+from volumemanager.csi.channel import (  # noqa: F401 - the defaults are re-exported
+    DEFAULT_AUTHORITY,
+    DEFAULT_INFO_TIMEOUT_SECONDS,
+    DEFAULT_TIMEOUT_SECONDS,
+    CSIChannel,
+)
 from volumemanager.csi.endpoint import socket_path_of  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
-
-# kubelet runs every CSI operation under csiTimeout = 2 minutes (pkg/volume/csi/csi_plugin.go):
-# NodeStage may format a large disk, so anything shorter turns slow-but-fine into "uncertain".
-DEFAULT_TIMEOUT_SECONDS = 120.0
-# Capability and identity calls are cheap; a driver that does not answer them quickly is not
-# ready, and registration retries them, so they get a short deadline of their own.
-DEFAULT_INFO_TIMEOUT_SECONDS = 10.0
-# kubelet dials drivers with authority "localhost" (csi_client.go newV1NodeClient); some drivers
-# built on grpc-go reject the default authority of a unix target, so we do the same.
-DEFAULT_AUTHORITY = "localhost"
 
 # kubelet's isFinalError: these mean "the operation may still be in progress".
 UNCERTAIN_CODES = frozenset(
@@ -184,7 +179,7 @@ def translate_error(
     return UncertainError(f"{method} on {endpoint}: {type(err).__name__}: {err}", code="UNKNOWN")
 
 
-class CSINodeClient:
+class CSINodeClient(CSIChannel[csi_pb2_grpc.NodeStub]):
     """One gRPC channel to one driver endpoint, reused for every call until ``close()``.
 
     ``timeout`` is the deadline of the volume operations (stage, publish, expand, ...);
@@ -192,50 +187,17 @@ class CSINodeClient:
     are overridable so tests can use one or two seconds.
     """
 
+    service_stub = csi_pb2_grpc.NodeStub
+
     def __init__(
         self,
         endpoint: str,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         info_timeout: float = DEFAULT_INFO_TIMEOUT_SECONDS,
     ) -> None:
-        self.endpoint = endpoint
-        self.socket_path = socket_path_of(endpoint)
-        self.timeout = timeout
-        self.info_timeout = min(info_timeout, timeout)
-        self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
-        self._node: csi_pb2_grpc.NodeStub | None = None
-        self._identity: csi_pb2_grpc.IdentityStub | None = None
+        super().__init__(endpoint, timeout, info_timeout)
 
-    def __repr__(self) -> str:
-        return f"CSINodeClient({self.endpoint!r})"
-
-    # --- plumbing -------------------------------------------------------------------------
-
-    def _stubs(self) -> tuple[csi_pb2_grpc.NodeStub, csi_pb2_grpc.IdentityStub]:
-        with self._lock:
-            if self._channel is None:
-                self._channel = grpc.insecure_channel(
-                    f"unix://{self.socket_path}",
-                    options=[("grpc.default_authority", DEFAULT_AUTHORITY)],
-                )
-                self._node = csi_pb2_grpc.NodeStub(self._channel)
-                self._identity = csi_pb2_grpc.IdentityStub(self._channel)
-            assert self._node is not None and self._identity is not None
-            return self._node, self._identity
-
-    def close(self) -> None:
-        with self._lock:
-            channel, self._channel = self._channel, None
-            self._node = self._identity = None
-        if channel is not None:
-            channel.close()
-
-    def __enter__(self) -> CSINodeClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    # --- plumbing (the channel and its stubs: CSIChannel) ----------------------------------
 
     def _call(self, method: str, fn: Callable[..., Any], request: Message, timeout: float) -> Any:
         if log.isEnabledFor(logging.DEBUG):

@@ -20,7 +20,6 @@ method each here, built on ``_controller_call``.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Mapping
@@ -29,14 +28,8 @@ import grpc
 from google.protobuf.message import Message
 
 from volumemanager._proto.csi.v1 import csi_pb2, csi_pb2_grpc
-from volumemanager.csi.client import (
-    DEFAULT_AUTHORITY,
-    DEFAULT_INFO_TIMEOUT_SECONDS,
-    DEFAULT_TIMEOUT_SECONDS,
-    sanitize_request,
-    translate_error,
-)
-from volumemanager.csi.endpoint import socket_path_of
+from volumemanager.csi.channel import DEFAULT_INFO_TIMEOUT_SECONDS, DEFAULT_TIMEOUT_SECONDS, CSIChannel
+from volumemanager.csi.client import sanitize_request, translate_error
 
 log = logging.getLogger(__name__)
 
@@ -94,8 +87,10 @@ class ExpandedVolume:
     node_expansion_required: bool
 
 
-class CSIControllerClient:
+class CSIControllerClient(CSIChannel[csi_pb2_grpc.ControllerStub]):
     """One gRPC channel to the endpoint serving a driver's Controller service."""
+
+    service_stub = csi_pb2_grpc.ControllerStub
 
     def __init__(
         self,
@@ -104,44 +99,10 @@ class CSIControllerClient:
         info_timeout: float = DEFAULT_INFO_TIMEOUT_SECONDS,
         observer: CallObserver | None = None,
     ) -> None:
-        self.endpoint = endpoint
-        self.socket_path = socket_path_of(endpoint)
-        self.timeout = timeout
-        self.info_timeout = min(info_timeout, timeout)
+        super().__init__(endpoint, timeout, info_timeout)
         self.observer = observer
-        self._lock = threading.Lock()
-        self._channel: grpc.Channel | None = None
-        self._controller: csi_pb2_grpc.ControllerStub | None = None
-        self._identity: csi_pb2_grpc.IdentityStub | None = None
 
-    def __repr__(self) -> str:
-        return f"CSIControllerClient({self.endpoint!r})"
-
-    # --- plumbing -------------------------------------------------------------------------
-
-    def _stubs(self) -> tuple[csi_pb2_grpc.ControllerStub, csi_pb2_grpc.IdentityStub]:
-        with self._lock:
-            if self._channel is None:
-                self._channel = grpc.insecure_channel(
-                    f"unix://{self.socket_path}", options=[("grpc.default_authority", DEFAULT_AUTHORITY)]
-                )
-                self._controller = csi_pb2_grpc.ControllerStub(self._channel)
-                self._identity = csi_pb2_grpc.IdentityStub(self._channel)
-            assert self._controller is not None and self._identity is not None
-            return self._controller, self._identity
-
-    def close(self) -> None:
-        with self._lock:
-            channel, self._channel = self._channel, None
-            self._controller = self._identity = None
-        if channel is not None:
-            channel.close()
-
-    def __enter__(self) -> CSIControllerClient:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    # --- plumbing (the channel and its stubs: CSIChannel) ----------------------------------
 
     def _call(self, method: str, fn: Callable[..., Any], request: Message, timeout: float) -> Any:
         if log.isEnabledFor(logging.DEBUG):
