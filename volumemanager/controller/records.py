@@ -17,7 +17,7 @@ import os
 import threading
 from typing import Any, Mapping
 
-from volumemanager.controller.durable import TMP_SUFFIX, remove_durably, write_durably
+from volumemanager.controller.durable import load_records, remove_durably, write_durably
 from volumemanager.manifests.loader import load_bytes, load_file
 from volumemanager.manifests.models import PersistentVolume
 
@@ -41,6 +41,18 @@ ANN_NODE_EXPAND_BYTES = "volumemanager.io/node-expand-bytes"
 ANN_DELETION_SECRET_NAME = "volume.kubernetes.io/provisioner-deletion-secret-name"
 ANN_DELETION_SECRET_NAMESPACE = "volume.kubernetes.io/provisioner-deletion-secret-namespace"
 
+_NOT_ONE_PV = "not exactly one PersistentVolume"
+
+
+def _parse_record(path: str) -> tuple[str, PersistentVolume]:
+    """One record file -> (its PV's name, the PV); ``ValueError`` with the parser's errors, or
+    with ``_NOT_ONE_PV`` for a file that holds no PV or more than one."""
+    result = load_file(path, display_name=path)
+    found = [o for o in result.objects if isinstance(o, PersistentVolume)]
+    if result.errors or len(found) != 1:
+        raise ValueError("; ".join(str(e) for e in result.errors) or _NOT_ONE_PV)
+    return found[0].name, found[0]
+
 
 class ProvisionedVolumes:
     """Thread-safe store of the provisioned PV records; ``generation`` grows on every change."""
@@ -58,23 +70,8 @@ class ProvisionedVolumes:
     def load(self) -> None:
         """Read every record (at start). A record that does not parse is kept on disk and
         reported, never deleted: it may be the only trace of a volume in the storage system."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        pvs: dict[str, PersistentVolume] = {}
-        errors: dict[str, str] = {}
-        for entry in sorted(os.listdir(self.directory)):
-            path = os.path.join(self.directory, entry)
-            if entry.endswith(TMP_SUFFIX):
-                os.unlink(path)  # a write interrupted before its rename: the old record stands
-                continue
-            if not entry.endswith(SUFFIX):
-                continue
-            result = load_file(path, display_name=path)
-            found = [o for o in result.objects if isinstance(o, PersistentVolume)]
-            if result.errors or len(found) != 1 or found[0].name + SUFFIX != entry:
-                errors[entry] = "; ".join(str(e) for e in result.errors) or "not exactly one PersistentVolume"
-                log.error("provisioned volume record %s cannot be read: %s", path, errors[entry])
-                continue
-            pvs[found[0].name] = found[0]
+        pvs, errors = load_records(self.directory, SUFFIX, _parse_record,
+                                   lambda name: _NOT_ONE_PV, "provisioned volume record", log)
         with self._lock:
             self._pvs, self._errors = pvs, errors
             self.generation += 1

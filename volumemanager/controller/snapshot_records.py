@@ -16,7 +16,7 @@ import os
 import threading
 from dataclasses import asdict, dataclass, field
 
-from volumemanager.controller.durable import TMP_SUFFIX, remove_durably, write_durably
+from volumemanager.controller.durable import load_records, remove_durably, write_durably
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,14 @@ class SnapshotRecord:
         return rec
 
 
+def _parse_record(path: str) -> tuple[str, SnapshotRecord]:
+    """One record file -> (its name, the record); raises as ``SnapshotRecord.from_json`` or
+    ``OSError``."""
+    with open(path, "rb") as f:
+        rec = SnapshotRecord.from_json(json.load(f))
+    return rec.name, rec
+
+
 class SnapshotRecords:
     """Thread-safe store of the snapshot records; ``generation`` grows on every change."""
 
@@ -77,26 +85,8 @@ class SnapshotRecords:
     def load(self) -> None:
         """Read every record (at start). One that does not parse is kept on disk and reported,
         never deleted: it may be the only trace of a snapshot in the storage system."""
-        os.makedirs(self.directory, mode=0o700, exist_ok=True)
-        found: dict[str, SnapshotRecord] = {}
-        errors: dict[str, str] = {}
-        for entry in sorted(os.listdir(self.directory)):
-            path = os.path.join(self.directory, entry)
-            if entry.endswith(TMP_SUFFIX):
-                os.unlink(path)  # a write interrupted before its rename: the old record stands
-                continue
-            if not entry.endswith(SUFFIX):
-                continue
-            try:
-                with open(path, "rb") as f:
-                    rec = SnapshotRecord.from_json(json.load(f))
-                if rec.name + SUFFIX != entry:
-                    raise ValueError(f"it names snapshot {rec.name}")
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                errors[entry] = str(e)
-                log.error("snapshot record %s cannot be read: %s", path, e)
-                continue
-            found[rec.name] = rec
+        found, errors = load_records(self.directory, SUFFIX, _parse_record,
+                                     lambda name: f"it names snapshot {name}", "snapshot record", log)
         with self._lock:
             self._records, self._errors = found, errors
             self.generation += 1
