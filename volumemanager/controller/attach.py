@@ -35,6 +35,7 @@ from operation_executor.executor import OperationKey, OperationOutcome
 from operation_executor.generator import GeneratedOperation, as_operation_error, journaled
 from operation_executor.types import BLOCK, SecretRef, VolumeSpec
 from volumemanager.controller.durable import TMP_SUFFIX, remove_durably, write_durably
+from volumemanager.controller.lookups import controller_client, secret_data
 
 log = logging.getLogger(__name__)
 
@@ -392,20 +393,10 @@ class AttachController:
                     log.exception("attach outcome hook failed")
 
     def _client(self, driver: str) -> Any:
-        try:
-            return self._drivers.controller_client(driver)
-        except KeyError:
-            raise WaitingError(f"CSI driver {driver} has no Controller service registered",
-                               waiting_for=f"CSI driver {driver}") from None
+        return controller_client(self._drivers, driver)
 
     def _secrets(self, ref: SecretRef | None) -> dict[str, str]:
-        if ref is None:
-            return {}
-        data = self._get_secret(ref)
-        if data is None:
-            raise WaitingError(f"secret {ref.namespace}/{ref.name} not found",
-                               waiting_for=f"secret {ref.namespace}/{ref.name}")
-        return {str(k): v.decode() if isinstance(v, bytes) else str(v) for k, v in data.items()}
+        return secret_data(self._get_secret, ref)
 
     def _journaled(self, step: str, name: str, details: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
         return journaled(self._journal, step, KEY_PREFIX + name, None, details, fn)

@@ -29,6 +29,7 @@ from operation_executor.use_guard import VolumeUseGuard
 from volumemanager.controller import claims as cl
 from volumemanager.controller import records as rec
 from volumemanager.controller.decide import ControllerAction
+from volumemanager.controller.lookups import SecretLookup, controller_client, secret_data
 from volumemanager.manifests import models as m
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,6 @@ _CREATE_STEPS = frozenset({"CreateVolume", "CreateSnapshot"})
 # Controller steps run in lanes of their own per driver, so a slow CreateVolume never holds up
 # a node step (and the other way round).
 LANE_PREFIX = "csi-controller:"
-
-SecretLookup = Callable[[SecretRef], "dict[str, str] | None"]
 
 
 def operation_key(name: str) -> str:
@@ -70,20 +69,10 @@ class ControllerOperations:
     # --- plumbing -------------------------------------------------------------------------
 
     def _client(self, driver: str) -> Any:
-        try:
-            return self._drivers.controller_client(driver)
-        except KeyError:
-            raise WaitingError(f"CSI driver {driver} has no Controller service registered",
-                               waiting_for=f"CSI driver {driver}") from None
+        return controller_client(self._drivers, driver)
 
     def _secrets(self, ref: SecretRef | None) -> dict[str, str]:
-        if ref is None:
-            return {}
-        data = self._get_secret(ref)
-        if data is None:
-            raise WaitingError(f"secret {ref.namespace}/{ref.name} not found",
-                               waiting_for=f"secret {ref.namespace}/{ref.name}")
-        return {k: v.decode() if isinstance(v, bytes) else v for k, v in data.items()}
+        return secret_data(self._get_secret, ref)
 
     def _journaled(self, step: str, name: str, details: Mapping[str, Any], fn: Callable[[], Any]) -> Any:
         """Journal ``step`` around ``fn``. A create whose answer is uncertain (a deadline, a
