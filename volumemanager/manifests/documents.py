@@ -16,7 +16,7 @@ import posixpath
 import re
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any, Callable
+from typing import Any, Callable, Protocol, TypeVar
 
 from operation_executor.types import SecretRef
 from volumemanager.manifests import names
@@ -618,9 +618,9 @@ def _parse_pod_volume(
         read_only = c.boolean(sm, "readOnly", sub)
         source = PVCSource(claim, read_only) if claim is not None else None
     elif key == "configMap":
-        source = _configmap_volume(c, sm, sub)
+        source = _keyed_volume(c, sm, sub, "name", ConfigMapVolumeSource)
     elif key == "secret":
-        source = _secret_volume(c, sm, sub)
+        source = _keyed_volume(c, sm, sub, "secretName", SecretVolumeSource)
     elif key == "downwardAPI":
         source = _downward_volume(c, sm, sub)
     elif key == "projected":
@@ -1033,8 +1033,21 @@ def _check_container_refs(
                     )
 
 
-def _items(c: _Checker, m: dict[str, Any], parent: str) -> tuple[KeyToPath, ...] | None:
-    """``items[]`` of a configMap/secret volume or projection: {key, path, mode}."""
+class _File(Protocol):
+    path: str
+
+
+_F = TypeVar("_F", bound=_File)
+
+
+def _files(
+    c: _Checker, m: dict[str, Any], parent: str, parse_file: Callable[[_Checker, dict[str, Any], str], _F | None]
+) -> tuple[_F, ...] | None:
+    """``items[]`` of a configMap/secret/downwardAPI volume or projection: the files to write.
+
+    The list, its entries being mappings and the paths being unique are the same for every
+    source; ``parse_file(c, entry, field)`` reads what one entry says (reporting its own errors
+    and returning None when it has any). None when any entry is bad, so nothing is half-built."""
     field = _join(parent, "items")
     raw = m.get("items")
     if raw is None:
@@ -1042,28 +1055,38 @@ def _items(c: _Checker, m: dict[str, Any], parent: str) -> tuple[KeyToPath, ...]
     if not isinstance(raw, list):
         c.error(field, f"must be a list, not {_type(raw)}")
         return None
-    out: list[KeyToPath] = []
+    out: list[_F] = []
     ok = True
     seen: set[str] = set()
     for i, item in enumerate(raw):
         itf = f"{field}[{i}]"
         im = c.mapping(item, itf, required=True)
-        if im is None:
+        file = parse_file(c, im, itf) if im is not None else None
+        if file is None:
             ok = False
             continue
-        key = c.name_field(im, "key", itf, names.secret_key_problem)
-        path = c.name_field(im, "path", itf, names.relative_path_problem)
-        mode_ok, mode = c.mode(im, "mode", itf)
-        if key is None or path is None or not mode_ok:
+        if file.path in seen:
+            c.error(_join(itf, "path"), f"duplicate path {names.shown(file.path)}")
             ok = False
             continue
-        if path in seen:
-            c.error(_join(itf, "path"), f"duplicate path {names.shown(path)}")
-            ok = False
-            continue
-        seen.add(path)
-        out.append(KeyToPath(key, path, mode))
+        seen.add(file.path)
+        out.append(file)
     return tuple(out) if ok else None
+
+
+def _key_to_path(c: _Checker, im: dict[str, Any], itf: str) -> KeyToPath | None:
+    """One ``items[]`` entry of a configMap/secret volume or projection: {key, path, mode}."""
+    key = c.name_field(im, "key", itf, names.secret_key_problem)
+    path = c.name_field(im, "path", itf, names.relative_path_problem)
+    mode_ok, mode = c.mode(im, "mode", itf)
+    if key is None or path is None or not mode_ok:
+        return None
+    return KeyToPath(key, path, mode)
+
+
+def _items(c: _Checker, m: dict[str, Any], parent: str) -> tuple[KeyToPath, ...] | None:
+    """``items[]`` of a configMap/secret volume or projection: {key, path, mode}."""
+    return _files(c, m, parent, _key_to_path)
 
 
 def _default_mode(c: _Checker, m: dict[str, Any], parent: str) -> int | None:
@@ -1073,26 +1096,19 @@ def _default_mode(c: _Checker, m: dict[str, Any], parent: str) -> int | None:
     return DEFAULT_MODE if mode is None else mode
 
 
-def _configmap_volume(c: _Checker, m: dict[str, Any], field: str) -> ConfigMapVolumeSource | None:
+def _keyed_volume(
+    c: _Checker, m: dict[str, Any], field: str, name_key: str, cls: type[ConfigMapVolumeSource | SecretVolumeSource]
+) -> ConfigMapVolumeSource | SecretVolumeSource | None:
+    """A configMap (``name``) or secret (``secretName``) volume: the object's name, its
+    ``items[]``, ``defaultMode`` and ``optional``."""
     before = len(c.errors)
-    name = c.name_field(m, "name", field, names.subdomain_problem)
+    name = c.name_field(m, name_key, field, names.subdomain_problem)
     items = _items(c, m, field)
     default_mode = _default_mode(c, m, field)
     optional = c.boolean(m, "optional", field)
     if len(c.errors) > before or name is None or items is None or default_mode is None:
         return None
-    return ConfigMapVolumeSource(name, items, default_mode, optional)
-
-
-def _secret_volume(c: _Checker, m: dict[str, Any], field: str) -> SecretVolumeSource | None:
-    before = len(c.errors)
-    name = c.name_field(m, "secretName", field, names.subdomain_problem)
-    items = _items(c, m, field)
-    default_mode = _default_mode(c, m, field)
-    optional = c.boolean(m, "optional", field)
-    if len(c.errors) > before or name is None or items is None or default_mode is None:
-        return None
-    return SecretVolumeSource(name, items, default_mode, optional)
+    return cls(name, items, default_mode, optional)
 
 
 def _field_ref(c: _Checker, m: dict[str, Any], field: str) -> ObjectFieldSelector | None:
@@ -1138,46 +1154,30 @@ def _resource_field_ref(c: _Checker, m: dict[str, Any], field: str) -> ResourceF
     return ResourceFieldSelector(container, resource, divisor)
 
 
+def _downward_file(c: _Checker, im: dict[str, Any], itf: str) -> DownwardAPIVolumeFile | None:
+    """One ``items[]`` entry of a downwardAPI volume or projection: {path, mode} and exactly
+    one of fieldRef/resourceFieldRef."""
+    before = len(c.errors)
+    path = c.name_field(im, "path", itf, names.relative_path_problem)
+    mode_ok, mode = c.mode(im, "mode", itf)
+    fm = c.mapping(im.get("fieldRef"), _join(itf, "fieldRef"))
+    rm = c.mapping(im.get("resourceFieldRef"), _join(itf, "resourceFieldRef"))
+    field_ref = _field_ref(c, fm, _join(itf, "fieldRef")) if fm is not None else None
+    res_ref = _resource_field_ref(c, rm, _join(itf, "resourceFieldRef")) if rm is not None else None
+    if fm is not None and rm is not None:
+        c.error(itf, "may specify only one of fieldRef and resourceFieldRef")
+    elif fm is None and rm is None and len(c.errors) == before:
+        c.error(itf, "must specify fieldRef or resourceFieldRef")
+    if len(c.errors) > before or path is None or not mode_ok:
+        return None
+    return DownwardAPIVolumeFile(path, field_ref, res_ref, mode)
+
+
 def _downward_items(
     c: _Checker, m: dict[str, Any], parent: str
 ) -> tuple[DownwardAPIVolumeFile, ...] | None:
-    field = _join(parent, "items")
-    raw = m.get("items")
-    if raw is None:
-        return ()
-    if not isinstance(raw, list):
-        c.error(field, f"must be a list, not {_type(raw)}")
-        return None
-    out: list[DownwardAPIVolumeFile] = []
-    ok = True
-    seen: set[str] = set()
-    for i, item in enumerate(raw):
-        itf = f"{field}[{i}]"
-        im = c.mapping(item, itf, required=True)
-        if im is None:
-            ok = False
-            continue
-        before = len(c.errors)
-        path = c.name_field(im, "path", itf, names.relative_path_problem)
-        mode_ok, mode = c.mode(im, "mode", itf)
-        fm = c.mapping(im.get("fieldRef"), _join(itf, "fieldRef"))
-        rm = c.mapping(im.get("resourceFieldRef"), _join(itf, "resourceFieldRef"))
-        field_ref = _field_ref(c, fm, _join(itf, "fieldRef")) if fm is not None else None
-        res_ref = _resource_field_ref(c, rm, _join(itf, "resourceFieldRef")) if rm is not None else None
-        if fm is not None and rm is not None:
-            c.error(itf, "may specify only one of fieldRef and resourceFieldRef")
-        elif fm is None and rm is None and len(c.errors) == before:
-            c.error(itf, "must specify fieldRef or resourceFieldRef")
-        if len(c.errors) > before or path is None or not mode_ok:
-            ok = False
-            continue
-        if path in seen:
-            c.error(_join(itf, "path"), f"duplicate path {names.shown(path)}")
-            ok = False
-            continue
-        seen.add(path)
-        out.append(DownwardAPIVolumeFile(path, field_ref, res_ref, mode))
-    return tuple(out) if ok else None
+    """``items[]`` of a downwardAPI volume or projection."""
+    return _files(c, m, parent, _downward_file)
 
 
 def _downward_volume(c: _Checker, m: dict[str, Any], field: str) -> DownwardAPISource | None:
