@@ -17,10 +17,10 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Mapping
 
 from operation_executor.backoff import Backoff, next_backoff
-from operation_executor.errors import AlreadyPendingError, BackoffError, WaitingError
+from operation_executor.errors import AlreadyPendingError, BackoffError, UncertainError, WaitingError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,23 @@ class OperationOutcome:
 
 
 CompletionCallback = Callable[[OperationOutcome], None]
+# Told every outcome of one work item at once (one for ``run``, the whole batch for
+# ``run_batch``): what a consumer does once per change (a wake-up, a summary line) it does once.
+BatchCompletionCallback = Callable[[list[OperationOutcome]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchItem:
+    """One operation of a batch: its own key (exclusivity, backoff and errors stay per volume)."""
+
+    key: OperationKey
+    operation: str
+    plugin: str = ""
+
+
+# Runs the accepted items of a batch, in one worker, and answers for each: (error or None,
+# seconds it took). A key it leaves out counts as uncertain (we cannot know what it did).
+BatchFn = Callable[[list[BatchItem]], Mapping[OperationKey, tuple[BaseException | None, float]]]
 
 
 class OperationExecutor:
@@ -68,6 +85,7 @@ class OperationExecutor:
         self._lane_sizes = {DEFAULT_LANE: max_workers, QUICK_LANE: quick_workers}
         self._lanes: dict[str, ThreadPoolExecutor] = {}  # created on first use
         self._on_complete: list[CompletionCallback] = [on_complete] if on_complete else []
+        self._on_batch_complete: list[BatchCompletionCallback] = []
         self._clock = clock
         self._lock = threading.Lock()
         # volume_id -> {pod_uid or None: operation name}
@@ -79,6 +97,10 @@ class OperationExecutor:
 
     def add_completion_callback(self, cb: CompletionCallback) -> None:
         self._on_complete.append(cb)
+
+    def add_batch_completion_callback(self, cb: BatchCompletionCallback) -> None:
+        """``cb`` gets the outcomes of each work item as one list (see BatchCompletionCallback)."""
+        self._on_batch_complete.append(cb)
 
     # --- queries --------------------------------------------------------------------------
 
@@ -127,28 +149,72 @@ class OperationExecutor:
         with self._lock:
             if self._closed:
                 raise AlreadyPendingError("executor is shutting down")
-            running = self._conflict(key)
-            if running is not None:
-                raise AlreadyPendingError(f"operation {running} is in progress for volume {key.volume_id}")
-            b = self._backoff.get(key)
-            if b is not None and b.operation == operation:
-                remaining = b.remaining(self._clock())
-                if remaining > 0:
-                    raise BackoffError(
-                        f"{operation} for volume {key.volume_id} failed; next retry in {remaining:.1f}s", remaining
-                    )
-            self._pending.setdefault(key.volume_id, {})[key.pod_uid] = operation
-            self._pending_count += 1
-            pool = self._lanes.get(lane)
-            if pool is None:
-                size = self._lane_sizes.get(lane, DEFAULT_LANE_WORKERS)
-                pool = self._lanes[lane] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"vm-{lane}")
+            refusal = self._refusal(key, operation)
+            if refusal is not None:
+                raise refusal
+            self._mark_pending(key, operation)
+            pool = self._pool(lane)
         try:
             pool.submit(self._execute, key, operation, fn, plugin)
         except RuntimeError:
             with self._lock:
                 self._remove_pending(key)
             raise AlreadyPendingError("executor is shutting down") from None
+
+    def run_batch(self, items: list[BatchItem], fn: BatchFn,
+                  lane: str = DEFAULT_LANE) -> dict[OperationKey, AlreadyPendingError | BackoffError]:
+        """Start the items that may run now as **one** work item: ``fn`` gets them in one
+        worker, with one hand-off to the pool for all of them, and the completion callbacks
+        get their outcomes as one list. Each item keeps its own key: one that conflicts with a
+        running operation or backs off is refused alone, exactly as ``run`` would refuse it
+        (returned: key -> the refusal; the others started). Never waits."""
+        refused: dict[OperationKey, AlreadyPendingError | BackoffError] = {}
+        accepted: list[BatchItem] = []
+        with self._lock:
+            if self._closed:
+                raise AlreadyPendingError("executor is shutting down")
+            for item in items:
+                refusal = self._refusal(item.key, item.operation)
+                if refusal is not None:
+                    refused[item.key] = refusal
+                    continue
+                self._mark_pending(item.key, item.operation)
+                accepted.append(item)
+            if not accepted:
+                return refused
+            pool = self._pool(lane)
+        try:
+            pool.submit(self._execute_batch, accepted, fn)
+        except RuntimeError:
+            with self._lock:
+                for item in accepted:
+                    self._remove_pending(item.key)
+            raise AlreadyPendingError("executor is shutting down") from None
+        return refused
+
+    def _refusal(self, key: OperationKey, operation: str) -> AlreadyPendingError | BackoffError | None:
+        running = self._conflict(key)
+        if running is not None:
+            return AlreadyPendingError(f"operation {running} is in progress for volume {key.volume_id}")
+        b = self._backoff.get(key)
+        if b is not None and b.operation == operation:
+            remaining = b.remaining(self._clock())
+            if remaining > 0:
+                return BackoffError(
+                    f"{operation} for volume {key.volume_id} failed; next retry in {remaining:.1f}s", remaining
+                )
+        return None
+
+    def _mark_pending(self, key: OperationKey, operation: str) -> None:
+        self._pending.setdefault(key.volume_id, {})[key.pod_uid] = operation
+        self._pending_count += 1
+
+    def _pool(self, lane: str) -> ThreadPoolExecutor:
+        pool = self._lanes.get(lane)
+        if pool is None:
+            size = self._lane_sizes.get(lane, DEFAULT_LANE_WORKERS)
+            pool = self._lanes[lane] = ThreadPoolExecutor(max_workers=size, thread_name_prefix=f"vm-{lane}")
+        return pool
 
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
@@ -187,18 +253,48 @@ class OperationExecutor:
         except BaseException as e:  # noqa: BLE001 - an operation must never kill its worker
             error = e
         finished = self._clock()
-        with self._lock:
-            self._remove_pending(key)
-            if error is None or isinstance(error, WaitingError):
-                # Waiting is not failing: the volume is re-examined on the event it waits
-                # for (a device, a driver), which must not be delayed by a growing backoff.
-                self._backoff.pop(key, None)
+        self._finish([OperationOutcome(key, operation, error, started, finished - started, plugin)], finished)
+
+    def _execute_batch(self, items: list[BatchItem], fn: BatchFn) -> None:
+        started = self._clock()
+        try:
+            results: Mapping[OperationKey, tuple[BaseException | None, float]] = fn(items)
+            whole: BaseException | None = None
+        except BaseException as e:  # noqa: BLE001 - the batch as a whole failed: each item did
+            results, whole = {}, e
+        finished = self._clock()
+        outcomes = []
+        for item in items:
+            result = results.get(item.key)
+            if result is None:
+                error: BaseException | None = whole or UncertainError(
+                    f"{item.operation} of volume {item.key.volume_id}: its batch gave no result", code="UNEXPECTED")
+                seconds = finished - started
             else:
-                self._backoff[key] = next_backoff(self._backoff.get(key), operation, finished)
-        outcome = OperationOutcome(key, operation, error, started, finished - started, plugin)
+                error, seconds = result
+            outcomes.append(OperationOutcome(item.key, item.operation, error, started, seconds, item.plugin))
+        self._finish(outcomes, finished)
+
+    def _finish(self, outcomes: list[OperationOutcome], finished: float) -> None:
+        """Release the keys and settle each one's backoff under one lock, then tell the callbacks."""
+        with self._lock:
+            for o in outcomes:
+                self._remove_pending(o.key)
+                if o.error is None or isinstance(o.error, WaitingError):
+                    # Waiting is not failing: the volume is re-examined on the event it waits
+                    # for (a device, a driver), which must not be delayed by a growing backoff.
+                    self._backoff.pop(o.key, None)
+                else:
+                    self._backoff[o.key] = next_backoff(self._backoff.get(o.key), o.operation, finished)
         for cb in self._on_complete:
+            for outcome in outcomes:
+                try:
+                    cb(outcome)
+                except Exception:  # noqa: BLE001
+                    log.exception("operation completion callback failed")
+        for batch_cb in self._on_batch_complete:
             try:
-                cb(outcome)
+                batch_cb(outcomes)
             except Exception:  # noqa: BLE001
                 log.exception("operation completion callback failed")
 

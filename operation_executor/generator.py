@@ -10,12 +10,14 @@ the reverse calls are idempotent and an extra one is cheaper than a leaked mount
 from __future__ import annotations
 
 import logging
+import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, ContextManager, Mapping, Sequence
 
-from operation_executor.executor import DEFAULT_LANE
+from operation_executor.executor import DEFAULT_LANE, QUICK_LANE, BatchFn, BatchItem, OperationKey
 from operation_executor.errors import FinalError, OperationError, TransientError, UncertainError, is_uncertain
-from operation_executor.journal import IntentJournal, NullJournal
+from operation_executor.journal import IntentJournal, IntentsRefused, JournalStep, NullJournal
 from operation_executor.plugin import FS_GROUP_MOUNT_GROUP, PluginRegistry, VolumePlugin
 from operation_executor.states import DeviceMountState, VolumeMountState
 from operation_executor.types import (BLOCK, AttachedVolume, FsGroupResult, MarkDeviceOpts, MarkVolumeOpts,
@@ -78,6 +80,89 @@ def journaled(journal: IntentJournal, step: str, key: str, pod_uid: str | None, 
     return result
 
 
+
+@dataclass(frozen=True)
+class GeneratedBatch:
+    """Many operations of one kind as one work item (``OperationExecutor.run_batch``)."""
+
+    name: str
+    fn: BatchFn
+    lane: str = DEFAULT_LANE
+
+
+class _Intent:
+    """A step's intent recorded ahead with its batch's (``begin_many``): ``run`` does the step
+    and records its outcome; a step that never ran is closed by ``close_unused``. With
+    ``error`` (the journal refused the batch) the step does not run and raises it."""
+
+    def __init__(self, journal: IntentJournal, token: object, error: BaseException | None = None) -> None:
+        self._journal = journal
+        self._token = token
+        self._error = error
+        self._used = False
+
+    def run(self, fn: Callable[[], Any]) -> Any:
+        self._used = True
+        if self._error is not None:
+            raise self._error
+        try:
+            result = fn()
+        except BaseException as e:
+            self._journal.end(self._token, outcome_word(e))
+            raise
+        self._journal.end(self._token, "ok")
+        return result
+
+    def close_unused(self, error: BaseException | None) -> None:
+        if not self._used and self._error is None:
+            self._used = True
+            self._journal.end(self._token, "transient")  # failed before the step: it never ran
+
+
+class _DeferredUpdates:
+    """An ActualStateUpdater that keeps its calls, to replay them into the real one inside
+    one ``batch()`` when the whole batch has run: the same calls in the same order, one
+    publication. The executor holds every key of the batch until then, so nobody acts on a
+    volume whose update is still queued here."""
+
+    def __init__(self) -> None:
+        self._calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    def replay(self, asw: ActualStateUpdater) -> None:
+        for name, args in self._calls:
+            getattr(asw, name)(*args)
+
+    def mark_device_mounted(self, opts: MarkDeviceOpts) -> None:
+        self._calls.append(("mark_device_mounted", (opts,)))
+
+    def mark_device_uncertain(self, opts: MarkDeviceOpts) -> None:
+        self._calls.append(("mark_device_uncertain", (opts,)))
+
+    def mark_device_unmounted(self, volume_id: str) -> None:
+        self._calls.append(("mark_device_unmounted", (volume_id,)))
+
+    def mark_volume_mounted(self, opts: MarkVolumeOpts) -> None:
+        self._calls.append(("mark_volume_mounted", (opts,)))
+
+    def mark_volume_uncertain(self, opts: MarkVolumeOpts) -> None:
+        self._calls.append(("mark_volume_uncertain", (opts,)))
+
+    def mark_volume_unmounted(self, volume_id: str, pod_uid: str) -> None:
+        self._calls.append(("mark_volume_unmounted", (volume_id, pod_uid)))
+
+    def mark_volume_size(self, volume_id: str, size_bytes: int) -> None:
+        self._calls.append(("mark_volume_size", (volume_id, size_bytes)))
+
+    def mark_fs_group(self, volume_id: str, pod_uid: str, result: FsGroupResult) -> None:
+        self._calls.append(("mark_fs_group", (volume_id, pod_uid, result)))
+
+    def record_result(self, volume_id: str, pod_uid: str | None, operation: str, error: OperationError | None) -> None:
+        self._calls.append(("record_result", (volume_id, pod_uid, operation, error)))
+
+    def batch(self) -> ContextManager[None]:
+        return nullcontext()
+
+
 class OperationGenerator:
     def __init__(
         self,
@@ -121,45 +206,59 @@ class OperationGenerator:
     ) -> GeneratedOperation:
         """Wait for the device, stage it when not certainly staged, then set up the pod's view."""
 
-        def body() -> None:
-            plugin = self._plugins.find(vtm.plugin_name)
-            spec, pod = vtm.spec, vtm.pod
-            # The plugin's calls see the pod's fsGroup (a driver may apply it itself).
-            call_spec = spec if vtm.fs_group is None else replace(spec, fs_group=vtm.fs_group)
-            device_mount_path: str | None = None
-            try:
-                if vtm.device_mountable:
-                    device_path = plugin.wait_for_device(spec)
-                    device_mount_path = plugin.device_mount_path(spec)
-                    if device_mount_path is None:
-                        raise FinalError(f"plugin {plugin.name} gave no device mount path", code="PLUGIN_ERROR")
-                    if device_state is not DeviceMountState.MOUNTED:
-                        try:
-                            self._step(
-                                "mount_device",
-                                vtm.volume_id,
-                                None,
-                                {"device_path": device_path, "device_mount_path": device_mount_path},
-                                lambda: plugin.mount_device(call_spec, device_path, device_mount_path),
-                                durable=plugin.durable_intents,
-                            )
-                        except BaseException as e:
-                            if is_uncertain(e) or device_state is DeviceMountState.UNCERTAIN:
-                                self._asw.mark_device_uncertain(MarkDeviceOpts(
-                                    vtm.volume_id, spec, vtm.plugin_name, device_path, device_mount_path
-                                ))
-                            raise
-                        self._asw.mark_device_mounted(MarkDeviceOpts(vtm.volume_id, spec, vtm.plugin_name, device_path,
-                                                                     device_mount_path))
-            except BaseException as e:
-                err = as_operation_error(e, "MountDevice")
-                self._asw.record_result(vtm.volume_id, None, "MountDevice", err)
-                raise err from (None if err is e else e)
-            if vtm.device_mountable:
-                self._asw.record_result(vtm.volume_id, None, "MountDevice", None)
+        def run() -> None:
+            # The volume is in use from before its stage to after its pod's view: a DeleteVolume
+            # decided meanwhile from an older look at the node waits (see use_guard).
+            with self._use_guard.using(vtm.spec.pv_name):
+                self._mount_body(vtm, device_state, pod_state, self._asw, None)
 
-            mount_path = plugin.mount_path(spec, pod, vtm.outer_name)
-            try:
+        return GeneratedOperation(MOUNT_VOLUME, run, self._lane(vtm.plugin_name, vtm.spec))
+
+    def _mount_body(self, vtm: VolumeToMount, device_state: DeviceMountState, pod_state: VolumeMountState,
+                    asw: ActualStateUpdater, set_up_intent: _Intent | None) -> None:
+        """The mount operation of one volume; ``set_up_intent``: its SetUp intent, already
+        recorded with its batch's (None: recorded here, around the call)."""
+        plugin = self._plugins.find(vtm.plugin_name)
+        spec, pod = vtm.spec, vtm.pod
+        # The plugin's calls see the pod's fsGroup (a driver may apply it itself).
+        call_spec = spec if vtm.fs_group is None else replace(spec, fs_group=vtm.fs_group)
+        device_mount_path: str | None = None
+        try:
+            if vtm.device_mountable:
+                device_path = plugin.wait_for_device(spec)
+                device_mount_path = plugin.device_mount_path(spec)
+                if device_mount_path is None:
+                    raise FinalError(f"plugin {plugin.name} gave no device mount path", code="PLUGIN_ERROR")
+                if device_state is not DeviceMountState.MOUNTED:
+                    try:
+                        self._step(
+                            "mount_device",
+                            vtm.volume_id,
+                            None,
+                            {"device_path": device_path, "device_mount_path": device_mount_path},
+                            lambda: plugin.mount_device(call_spec, device_path, device_mount_path),
+                            durable=plugin.durable_intents,
+                        )
+                    except BaseException as e:
+                        if is_uncertain(e) or device_state is DeviceMountState.UNCERTAIN:
+                            asw.mark_device_uncertain(MarkDeviceOpts(
+                                vtm.volume_id, spec, vtm.plugin_name, device_path, device_mount_path
+                            ))
+                        raise
+                    asw.mark_device_mounted(MarkDeviceOpts(vtm.volume_id, spec, vtm.plugin_name, device_path,
+                                                           device_mount_path))
+        except BaseException as e:
+            err = as_operation_error(e, "MountDevice")
+            asw.record_result(vtm.volume_id, None, "MountDevice", err)
+            raise err from (None if err is e else e)
+        if vtm.device_mountable:
+            asw.record_result(vtm.volume_id, None, "MountDevice", None)
+
+        mount_path = plugin.mount_path(spec, pod, vtm.outer_name)
+        try:
+            if set_up_intent is not None:
+                set_up_intent.run(lambda: plugin.set_up(call_spec, pod, vtm.outer_name, device_mount_path))
+            else:
                 self._step(
                     "set_up",
                     vtm.volume_id,
@@ -168,42 +267,34 @@ class OperationGenerator:
                     lambda: plugin.set_up(call_spec, pod, vtm.outer_name, device_mount_path),
                     durable=plugin.durable_intents,
                 )
+        except BaseException as e:
+            err = as_operation_error(e, "SetUp")
+            if is_uncertain(err) or pod_state is VolumeMountState.UNCERTAIN:
+                asw.mark_volume_uncertain(MarkVolumeOpts(
+                    vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
+                ))
+            asw.record_result(vtm.volume_id, pod.uid, "SetUp", err)
+            raise err from (None if err is e else e)
+        fs_group: FsGroupResult | None = None
+        if vtm.fs_group is not None:
+            try:
+                fs_group = self._apply_fs_group(plugin, vtm, call_spec, mount_path)
             except BaseException as e:
-                err = as_operation_error(e, "SetUp")
-                if is_uncertain(err) or pod_state is VolumeMountState.UNCERTAIN:
-                    self._asw.mark_volume_uncertain(MarkVolumeOpts(
-                        vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
-                    ))
-                self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", err)
+                # The view is set up but the pod cannot use it yet (the kubelet's
+                # "applyFSGroup failed"): possibly mounted, so it is retried while desired
+                # and torn down when not.
+                err = as_operation_error(e, SET_VOLUME_OWNERSHIP)
+                asw.mark_volume_uncertain(MarkVolumeOpts(
+                    vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
+                ))
+                asw.record_result(vtm.volume_id, pod.uid, SET_VOLUME_OWNERSHIP, err)
                 raise err from (None if err is e else e)
-            fs_group: FsGroupResult | None = None
-            if vtm.fs_group is not None:
-                try:
-                    fs_group = self._apply_fs_group(plugin, vtm, call_spec, mount_path)
-                except BaseException as e:
-                    # The view is set up but the pod cannot use it yet (the kubelet's
-                    # "applyFSGroup failed"): possibly mounted, so it is retried while desired
-                    # and torn down when not.
-                    err = as_operation_error(e, SET_VOLUME_OWNERSHIP)
-                    self._asw.mark_volume_uncertain(MarkVolumeOpts(
-                        vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
-                    ))
-                    self._asw.record_result(vtm.volume_id, pod.uid, SET_VOLUME_OWNERSHIP, err)
-                    raise err from (None if err is e else e)
-            self._asw.mark_volume_mounted(MarkVolumeOpts(
-                vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
-            ))
-            if fs_group is not None:
-                self._asw.mark_fs_group(vtm.volume_id, pod.uid, fs_group)
-            self._asw.record_result(vtm.volume_id, pod.uid, "SetUp", None)
-
-        def run() -> None:
-            # The volume is in use from before its stage to after its pod's view: a DeleteVolume
-            # decided meanwhile from an older look at the node waits (see use_guard).
-            with self._use_guard.using(vtm.spec.pv_name):
-                body()
-
-        return GeneratedOperation(MOUNT_VOLUME, run, self._lane(vtm.plugin_name, vtm.spec))
+        asw.mark_volume_mounted(MarkVolumeOpts(
+            vtm.volume_id, pod, vtm.outer_name, spec, vtm.plugin_name, mount_path, vtm.device_mountable
+        ))
+        if fs_group is not None:
+            asw.mark_fs_group(vtm.volume_id, pod.uid, fs_group)
+        asw.record_result(vtm.volume_id, pod.uid, "SetUp", None)
 
     def _apply_fs_group(self, plugin: VolumePlugin, vtm: VolumeToMount, spec: VolumeSpec,
                         mount_path: str) -> FsGroupResult:
@@ -270,8 +361,16 @@ class OperationGenerator:
         """Tear down one pod's view. On any failure the pod mount stays possibly mounted."""
 
         def run() -> None:
-            plugin = self._plugins.find(mv.plugin_name)
-            try:
+            self._unmount_body(mv, self._asw, None)
+
+        return GeneratedOperation(UNMOUNT_VOLUME, run, self._lane(mv.plugin_name, mv.spec))
+
+    def _unmount_body(self, mv: MountedVolume, asw: ActualStateUpdater, intent: _Intent | None) -> None:
+        plugin = self._plugins.find(mv.plugin_name)
+        try:
+            if intent is not None:
+                intent.run(lambda: plugin.tear_down(mv.spec, mv.pod, mv.outer_name, mv.mount_path))
+            else:
                 self._step(
                     "tear_down",
                     mv.volume_id,
@@ -281,23 +380,109 @@ class OperationGenerator:
                     durable=plugin.durable_intents,
                     required=False,  # teardown frees space: it never waits for the journal
                 )
-            except BaseException as e:
-                err = as_operation_error(e, "TearDown")
-                self._asw.mark_volume_uncertain(MarkVolumeOpts(
-                    mv.volume_id,
-                    mv.pod,
-                    mv.outer_name,
-                    mv.spec,
-                    mv.plugin_name,
-                    mv.mount_path,
-                    mv.device_mount_path is not None,
-                ))
-                self._asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", err)
-                raise err from (None if err is e else e)
-            self._asw.mark_volume_unmounted(mv.volume_id, mv.pod.uid)
-            self._asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", None)
+        except BaseException as e:
+            err = as_operation_error(e, "TearDown")
+            asw.mark_volume_uncertain(MarkVolumeOpts(
+                mv.volume_id,
+                mv.pod,
+                mv.outer_name,
+                mv.spec,
+                mv.plugin_name,
+                mv.mount_path,
+                mv.device_mount_path is not None,
+            ))
+            asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", err)
+            raise err from (None if err is e else e)
+        asw.mark_volume_unmounted(mv.volume_id, mv.pod.uid)
+        asw.record_result(mv.volume_id, mv.pod.uid, "TearDown", None)
 
-        return GeneratedOperation(UNMOUNT_VOLUME, run, self._lane(mv.plugin_name, mv.spec))
+    # --- batches (issue 16) -----------------------------------------------------------------
+
+    def batchable(self, plugin_name: str, spec: VolumeSpec, device_mountable: bool) -> bool:
+        """Whether a pod-view operation of this volume may run in a batch: the quick lane's
+        plugins only (a few local syscalls that never wait: VolumePlugin.operation_lane), and
+        never a stage, so that one slow volume cannot hold up the others of its batch."""
+        return not device_mountable and self._lane(plugin_name, spec) == QUICK_LANE
+
+    def mount_volumes(self, entries: Sequence[tuple[OperationKey, VolumeToMount, DeviceMountState,
+                                                     VolumeMountState]]) -> GeneratedBatch:
+        """The mount operation of many batchable volumes (``batchable``) as one work item:
+        their SetUp intents in one journal write before the first call, the calls one after
+        another, and their actual-state updates published as one change at the end. Each
+        volume keeps its own result (its error, its backoff, its line in ``status``)."""
+        by_key = {key: (vtm, ds, ps) for key, vtm, ds, ps in entries}
+
+        def intent(key: OperationKey) -> JournalStep | None:
+            vtm = by_key[key][0]
+            try:
+                path = self._plugins.find(vtm.plugin_name).mount_path(vtm.spec, vtm.pod, vtm.outer_name)
+            except Exception:  # noqa: BLE001 - the operation itself reports it
+                return None
+            return JournalStep("set_up", vtm.volume_id, vtm.pod.uid, {"mount_path": path, "device_mount_path": None})
+
+        def one(key: OperationKey, asw: ActualStateUpdater, pre: _Intent | None) -> None:
+            vtm, ds, ps = by_key[key]
+            with self._use_guard.using(vtm.spec.pv_name):
+                self._mount_body(vtm, ds, ps, asw, pre)
+
+        lane = self._lane(entries[0][1].plugin_name, entries[0][1].spec) if entries else DEFAULT_LANE
+        plugins = {vtm.plugin_name for _, vtm, _, _ in entries}
+        return GeneratedBatch(MOUNT_VOLUME, lambda items: self._run_batch(items, intent, one, plugins, True), lane)
+
+    def unmount_volumes(self, entries: Sequence[tuple[OperationKey, MountedVolume]]) -> GeneratedBatch:
+        """``unmount_volume`` of many batchable pod views as one work item (see mount_volumes)."""
+        by_key = dict(entries)
+
+        def intent(key: OperationKey) -> JournalStep:
+            mv = by_key[key]
+            return JournalStep("tear_down", mv.volume_id, mv.pod.uid, {"mount_path": mv.mount_path})
+
+        def one(key: OperationKey, asw: ActualStateUpdater, pre: _Intent | None) -> None:
+            self._unmount_body(by_key[key], asw, pre)
+
+        lane = self._lane(entries[0][1].plugin_name, entries[0][1].spec) if entries else DEFAULT_LANE
+        plugins = {mv.plugin_name for _, mv in entries}
+        # Teardown frees space: it never waits for the journal (required=False).
+        return GeneratedBatch(UNMOUNT_VOLUME, lambda items: self._run_batch(items, intent, one, plugins, False), lane)
+
+    def _run_batch(self, items: Sequence[BatchItem], intent: Callable[[OperationKey], JournalStep | None],
+                   one: Callable[[OperationKey, ActualStateUpdater, _Intent | None], None], plugins: set[str],
+                   required: bool) -> dict[OperationKey, tuple[BaseException | None, float]]:
+        durable = False
+        for name in plugins:
+            try:
+                durable = durable or self._plugins.find(name).durable_intents
+            except KeyError:
+                pass
+        steps = [(item.key, intent(item.key)) for item in items]
+        recorded = [(key, st) for key, st in steps if st is not None]
+        intents: dict[OperationKey, _Intent] = {}
+        try:
+            tokens = self._journal.begin_many([st for _, st in recorded], durable=durable, required=required)
+            for (key, _), token in zip(recorded, tokens):
+                intents[key] = _Intent(self._journal, token)
+        except IntentsRefused as e:  # the journal refused them all (a full disk): none starts
+            for (key, _), err in zip(recorded, e.per_step):
+                intents[key] = _Intent(self._journal, None, err)
+        except OperationError as e:
+            for key, _ in recorded:
+                intents[key] = _Intent(self._journal, None, e)
+        deferred = _DeferredUpdates()
+        results: dict[OperationKey, tuple[BaseException | None, float]] = {}
+        for item in items:
+            pre = intents.get(item.key)
+            started = time.monotonic()
+            error: BaseException | None = None
+            try:
+                one(item.key, deferred, pre)
+            except BaseException as e:  # noqa: BLE001 - one volume's failure is its own
+                error = e
+            if pre is not None:
+                pre.close_unused(error)
+            results[item.key] = (error, time.monotonic() - started)
+        with self._asw.batch():
+            deferred.replay(self._asw)
+        return results
 
     def unmount_device(self, av: AttachedVolume) -> GeneratedOperation:
         """Unstage a volume no pod uses. On any failure the device stays possibly mounted,

@@ -7,7 +7,28 @@ interrupted step after a crash; ``NullJournal`` is for tests and tools that do n
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Protocol
+from typing import Any, Mapping, NamedTuple, Protocol, Sequence
+
+from operation_executor.errors import TransientError
+
+
+class IntentsRefused(TransientError):
+    """``begin_many`` could not record its intents (a full disk): none of its steps may start.
+    ``per_step`` holds each step's own error (naming its volume), in order."""
+
+    def __init__(self, per_step: Sequence[TransientError]) -> None:
+        first = per_step[0]
+        super().__init__(first.message, code=first.code)
+        self.per_step = list(per_step)
+
+
+class JournalStep(NamedTuple):
+    """One intent of ``begin_many``: the same fields as ``begin``'s."""
+
+    step: str
+    volume_id: str
+    pod_uid: str | None
+    details: Mapping[str, Any]
 
 
 class IntentJournal(Protocol):
@@ -30,6 +51,17 @@ class IntentJournal(Protocol):
         what frees space, and the disk scan at start-up finds what an interrupted one left."""
         ...
 
+    def begin_many(
+        self,
+        steps: Sequence[JournalStep],
+        durable: bool = True,
+        required: bool = True,
+    ) -> list[object]:
+        """``begin`` for several steps at once (a batch of operations), in one write: one
+        token per step, in order. All are recorded or, when the write fails and ``required``,
+        none is (``IntentsRefused``, with each step's own error)."""
+        ...
+
     def end(self, token: object, outcome: str) -> None:
         """Record the outcome (``ok``, ``final``, ``uncertain``, ``transient``)."""
         ...
@@ -46,6 +78,9 @@ class NullJournal:
         required: bool = True,
     ) -> object:
         return None
+
+    def begin_many(self, steps: Sequence[JournalStep], durable: bool = True, required: bool = True) -> list[object]:
+        return [None] * len(steps)
 
     def end(self, token: object, outcome: str) -> None:
         return None

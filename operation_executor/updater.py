@@ -7,7 +7,7 @@ results are written, and lets tests give operations a recording fake.
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import ContextManager, Protocol
 
 from operation_executor.errors import OperationError
 from operation_executor.types import FsGroupResult, MarkDeviceOpts, MarkVolumeOpts
@@ -32,6 +32,11 @@ class ActualStateUpdater(Protocol):
 
     def mark_fs_group(self, volume_id: str, pod_uid: str, result: FsGroupResult) -> None:
         """What applying the pod's fsGroup did, after the pod's view was marked mounted."""
+        ...
+
+    def batch(self) -> ContextManager[None]:
+        """The updates made inside are published as one change (one version bump, one
+        wake-up of whoever waits for the actual state), for a batch of operations."""
         ...
 
     def record_result(self, volume_id: str, pod_uid: str | None, operation: str, error: OperationError | None) -> None:

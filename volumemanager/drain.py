@@ -134,7 +134,7 @@ class DrainController:
         uid = outcome.key.pod_uid
         if not self.is_drained() or outcome.operation != UNMOUNT_VOLUME or outcome.error is not None or not uid:
             return
-        if any(mv.pod.uid == uid for mv in self._asw.mounted_volumes()):
+        if self._asw.mounted_volumes_of_pod(uid):  # the per-pod index: a drain of 10,000 was N^2
             return
         self._remove_skeleton(uid)
 

@@ -43,9 +43,10 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 from operation_executor.errors import TransientError, WaitingError
+from operation_executor.journal import IntentsRefused, JournalStep
 
 log = logging.getLogger(__name__)
 
@@ -212,16 +213,28 @@ class FileIntentJournal:
         durable: bool = True,
         required: bool = True,
     ) -> object:
+        return self.begin_many([JournalStep(step, volume_id, pod_uid, details)], durable, required)[0]
+
+    def begin_many(self, steps: Sequence[JournalStep], durable: bool = True, required: bool = True) -> list[object]:
+        if not steps:
+            return []
+        now = time.time()
+        prefix = f"{self.boot_id[:8]}-{os.getpid()}-"
         with self._lock:
-            self._seq += 1
-            token = self._seq
-            rec = {"type": "begin", "id": f"{self.boot_id[:8]}-{os.getpid()}-{token}", "t": time.time(),
-                   "step": step, "volume_id": volume_id, "pod_uid": pod_uid, "details": dict(details)}
-            self._open[token] = rec
-            lines, self._pending = self._pending, []
-        lines.append(json.dumps(rec, default=str) + "\n")
+            tokens: list[int] = []
+            recs: list[dict] = []
+            for st in steps:
+                self._seq += 1
+                token = self._seq
+                rec = {"type": "begin", "id": f"{prefix}{token}", "t": now, "step": st.step,
+                       "volume_id": st.volume_id, "pod_uid": st.pod_uid, "details": dict(st.details)}
+                self._open[token] = rec
+                tokens.append(token)
+                recs.append(rec)
+            carried, self._pending = self._pending, []
+        text = "".join(carried) + "".join(json.dumps(rec, default=str) + "\n" for rec in recs)
         try:
-            self._append("".join(lines))
+            self._append(text)
             if durable:
                 with self._lock:
                     self._durable_written += 1
@@ -231,17 +244,21 @@ class FileIntentJournal:
             with self._lock:
                 # The end records this append carried go out with the next one (or become
                 # moot with the next rewrite, which keeps only open intents).
-                self._pending[:0] = lines[:-1]
+                self._pending[:0] = carried
                 if required:
-                    # The step will not run: close its intent, in case part of it landed.
-                    self._open.pop(token, None)
-                    self._pending.append(json.dumps({"type": "end", "id": rec["id"], "outcome": "transient"}) + "\n")
+                    # The steps will not run: close their intents, in case part of the write landed.
+                    for token, rec in zip(tokens, recs):
+                        self._open.pop(token, None)
+                        self._pending.append(json.dumps({"type": "end", "id": rec["id"], "outcome": "transient"})
+                                             + "\n")
             if required:
-                raise self._refusal(err, step, volume_id) from None
+                if len(steps) == 1:
+                    raise self._refusal(err, steps[0].step, steps[0].volume_id) from None
+                raise IntentsRefused([self._refusal(err, st.step, st.volume_id) for st in steps]) from None
             self._log_dropping(err)
-            # Best effort: the step runs unrecorded; its intent stays open in memory, so the
-            # rewrite that follows space returning records it if it is still running.
-        return token
+            # Best effort: the steps run unrecorded; their intents stay open in memory, so the
+            # rewrite that follows space returning records them if they are still running.
+        return list(tokens)
 
     def end(self, token: object, outcome: str) -> None:
         with self._lock:

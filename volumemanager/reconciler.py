@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Iterable
 
 from operation_executor.errors import AlreadyPendingError, BackoffError, WaitingError
-from operation_executor.executor import OperationExecutor, OperationKey, OperationOutcome
+from operation_executor.executor import BatchItem, OperationExecutor, OperationKey, OperationOutcome
 from operation_executor.generator import (
     EXPAND_VOLUME,
     MOUNT_VOLUME,
@@ -51,6 +51,12 @@ WAITING_RECHECK_SECONDS = 5.0
 # Upper bound on one sleep of the loop, so the watchdog hook runs even on an idle node.
 MAX_IDLE_SLEEP_SECONDS = 10.0
 
+
+# Consecutive quick-lane actions of one kind and plugin in a pass start as one work item of at
+# most this many (issue 16): large enough that the per-operation hand-off, journal write and
+# wake-ups are shared, small enough that the pool's workers still share a burst and a pod's
+# volumes are not held behind a thousand others.
+BATCH_SIZE = 32
 
 # Executor keys of the controller steps (controller/<pv>): not node volumes.
 CONTROLLER_KEY_PREFIX = "controller/"
@@ -112,7 +118,7 @@ class Reconciler:
         self.on_pass: list[Callable[[float, int], None]] = []
         # The daemon lowers this to the systemd watchdog's ping interval.
         self.max_idle_sleep = MAX_IDLE_SLEEP_SECONDS
-        executor.add_completion_callback(self._on_operation_complete)
+        executor.add_batch_completion_callback(self._on_operations_complete)
 
     # --- events ---------------------------------------------------------------------------
 
@@ -169,26 +175,31 @@ class Reconciler:
             heapq.heappush(self._timers, (self._clock() + delay, volume_id))
             self._cond.notify()
 
-    def _on_operation_complete(self, outcome: OperationOutcome) -> None:
-        vid = outcome.key.volume_id
-        if vid.startswith(CONTROLLER_KEY_PREFIX):
-            # The controller's keys (its own loop retries them): a node pass over such a key
-            # would find it neither desired nor mounted and forget its backoff at once.
-            return
-        if isinstance(outcome.error, WaitingError):
-            # Nothing will change until the awaited device or driver shows up: wait for its
-            # event (wake_waiting) or the slow re-check, never retry at once (a busy loop).
-            with self._cond:
-                self._waiting.add(vid)
-            self._schedule(WAITING_RECHECK_SECONDS, vid)
-            return
+    def _on_operations_complete(self, outcomes: list[OperationOutcome]) -> None:
+        """Once per work item (a batch's outcomes together): one wake-up of the loop."""
+        now = self._clock()
+        dirty: list[str] = []
         with self._cond:
-            self._waiting.discard(vid)
-        if outcome.error is not None:
-            self._schedule(self._executor.backoff_remaining(outcome.key) + 0.001, vid)
-        # Success, or a failure now in backoff: look again (another pod of the volume may be
-        # next, or an unmount may be due).
-        self.mark_dirty([vid])
+            for outcome in outcomes:
+                vid = outcome.key.volume_id
+                if vid.startswith(CONTROLLER_KEY_PREFIX):
+                    # The controller's keys (its own loop retries them): a node pass over such a key
+                    # would find it neither desired nor mounted and forget its backoff at once.
+                    continue
+                if isinstance(outcome.error, WaitingError):
+                    # Nothing will change until the awaited device or driver shows up: wait for its
+                    # event (wake_waiting) or the slow re-check, never retry at once (a busy loop).
+                    self._waiting.add(vid)
+                    heapq.heappush(self._timers, (now + WAITING_RECHECK_SECONDS, vid))
+                    continue
+                self._waiting.discard(vid)
+                if outcome.error is not None:
+                    heapq.heappush(self._timers, (now + self._executor.backoff_remaining(outcome.key) + 0.001, vid))
+                # Success, or a failure now in backoff: look again (another pod of the volume may be
+                # next, or an unmount may be due).
+                dirty.append(vid)
+            self._dirty.update(dirty)
+            self._cond.notify()
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -246,9 +257,18 @@ class Reconciler:
         start = self._clock()
         actions = self.decide(volume_ids)
         started: list[Action] = []
+        batch: list[tuple[Action, tuple]] = []
         for action in actions:
-            if self._start(action):
+            target = self._batch_target(action)
+            if batch and (target is None or not _same_batch(batch[0][0], action) or len(batch) >= BATCH_SIZE):
+                started.extend(self._start_batch(batch))
+                batch = []
+            if target is not None:
+                batch.append((action, target))
+            elif self._start(action):
                 started.append(action)
+        if batch:
+            started.extend(self._start_batch(batch))
         self._forget_gone(volume_ids)
         self.passes += 1
         self.last_pass_at = time.time()
@@ -379,6 +399,61 @@ class Reconciler:
             + (" (uncertain)" if av.device_state is DeviceMountState.UNCERTAIN else ""),
         )
 
+    def _batch_target(self, action: Action) -> tuple | None:
+        """What a batchable action works on now (the generator's ``batchable``: quick-lane
+        pod views), or None: the action runs alone (or not at all, see ``_generate``)."""
+        if action.kind in (MOUNT_VOLUME, REMOUNT_VOLUME):
+            target = self._mount_target(action)
+            if target is None or not self._generator.batchable(action.plugin_name, target[0].spec,
+                                                               target[0].device_mountable):
+                return None
+            return target
+        if action.kind == UNMOUNT_VOLUME:
+            mv = self._asw.get_mount(action.volume_id, action.pod_uid or "")
+            if mv is None or not self._generator.batchable(mv.plugin_name, mv.spec, mv.device_mount_path is not None):
+                return None
+            return (mv,)
+        return None
+
+    def _start_batch(self, batch: list[tuple[Action, tuple]]) -> list[Action]:
+        """Start consecutive actions of one kind and plugin as one work item (issue 16): one
+        hand-off to a worker, one journal write, one actual-state publication and one wake-up
+        of this loop for all of them, each volume still under its own key."""
+        first = batch[0][0]
+        keys = [OperationKey(a.volume_id, a.pod_uid) for a, _ in batch]
+        if first.kind == UNMOUNT_VOLUME:
+            op = self._generator.unmount_volumes([(key, t[0]) for key, (_, t) in zip(keys, batch)])
+        else:
+            op = self._generator.mount_volumes([(key, *t) for key, (_, t) in zip(keys, batch)])
+        items = [BatchItem(key, op.name, a.plugin_name) for key, (a, _) in zip(keys, batch)]
+        try:
+            refused = self._executor.run_batch(items, op.fn, op.lane)
+        except AlreadyPendingError:
+            return []  # shutting down
+        started = []
+        for key, (action, _) in zip(keys, batch):
+            refusal = refused.get(key)
+            if refusal is None:
+                started.append(action)
+            elif isinstance(refusal, BackoffError):
+                self._schedule(refusal.retry_in + 0.001, action.volume_id)
+        return started
+
+    def _mount_target(self, action: Action) -> tuple | None:
+        """(vtm, device state, pod state) of a mount or remount action as things are now, or
+        None when there is nothing (left) to do."""
+        vid = action.volume_id
+        # Re-read the desired entry: the action is only a description.
+        for vtm in self._dsw.volumes_to_mount([vid]):
+            if vtm.pod.key == action.pod and vtm.outer_name == action.outer_name:
+                pod_state = self._asw.pod_state(vid, vtm.pod.uid)
+                if pod_state is VolumeMountState.MOUNTED and not self._needs_remount(vtm):
+                    # An operation that was in flight when the pass decided has finished
+                    # since: starting another would only repeat its work.
+                    return None
+                return vtm, self._asw.device_state(vid), pod_state
+        return None
+
     def _start(self, action: Action) -> bool:
         """Start the action's operation; the executor refuses it while a conflicting one runs."""
         key = OperationKey(action.volume_id, action.pod_uid)
@@ -397,16 +472,8 @@ class Reconciler:
     def _generate(self, action: Action):
         vid = action.volume_id
         if action.kind in (MOUNT_VOLUME, REMOUNT_VOLUME):
-            # Re-read the desired entry: the action is only a description.
-            for vtm in self._dsw.volumes_to_mount([vid]):
-                if vtm.pod.key == action.pod and vtm.outer_name == action.outer_name:
-                    pod_state = self._asw.pod_state(vid, vtm.pod.uid)
-                    if pod_state is VolumeMountState.MOUNTED and not self._needs_remount(vtm):
-                        # An operation that was in flight when the pass decided has finished
-                        # since: starting another would only repeat its work.
-                        return None
-                    return self._generator.mount_volume(vtm, self._asw.device_state(vid), pod_state)
-            return None
+            target = self._mount_target(action)
+            return self._generator.mount_volume(*target) if target is not None else None
         if action.kind == UNMOUNT_VOLUME:
             mv = self._asw.get_mount(vid, action.pod_uid or "")
             return self._generator.unmount_volume(mv) if mv is not None else None
@@ -448,3 +515,10 @@ def _device_number(path: str | None, major: int | None, minor: int | None) -> tu
     except OSError:
         return None
     return os.major(rdev), os.minor(rdev)
+
+
+def _same_batch(a: Action, b: Action) -> bool:
+    """Whether two actions may share a work item: the same operation (a remount is a mount)
+    of the same plugin."""
+    kind = {REMOUNT_VOLUME: MOUNT_VOLUME}
+    return kind.get(a.kind, a.kind) == kind.get(b.kind, b.kind) and a.plugin_name == b.plugin_name

@@ -112,10 +112,10 @@ class VolumeManager:
                                              self.populator.resolve_again, self.reconciler.wake_waiting)
         self.controller = self._build_controller(source)
         self.drain.attach(self.reconciler, self._ready_to_unmount)
-        self.executor.add_completion_callback(_log_outcome)
+        self.executor.add_batch_completion_callback(_log_outcomes)
         # A pod held back because its UID or PV is still in use here is looked at again
         # after every tear-down.
-        self.executor.add_completion_callback(self._recheck_held_pods)
+        self.executor.add_batch_completion_callback(self._recheck_held_pods)
         # No skeletons: empty pod directories go after a pod's tear-down, and once at start.
         self.executor.add_completion_callback(self._remove_skeleton_after)
         self._skeletons_swept = False
@@ -309,12 +309,12 @@ class VolumeManager:
             out.extend(HostPodVolume(uid, key) for uid, key in self.pod_owners.owners().items())
         return out
 
-    def _recheck_held_pods(self, outcome: OperationOutcome) -> None:
+    def _recheck_held_pods(self, outcomes: list[OperationOutcome]) -> None:
         from operation_executor.generator import UNMOUNT_DEVICE, UNMOUNT_VOLUME
 
-        if outcome.error is None and outcome.operation in (UNMOUNT_VOLUME, UNMOUNT_DEVICE) \
-                and self.populator.needs_recheck:
-            self.populator.sync(recheck=True)
+        if self.populator.needs_recheck and any(
+                o.error is None and o.operation in (UNMOUNT_VOLUME, UNMOUNT_DEVICE) for o in outcomes):
+            self.populator.sync(recheck=True)  # once per batch of tear-downs
 
     def _load_pod_owners(self) -> None:
         """Before the first read: the record of which pod each UID on disk belongs to, for the
@@ -642,27 +642,42 @@ class VolumeManager:
                 self.asw.changed.wait(min(remaining, 0.5))
 
 
-def _log_outcome(outcome: OperationOutcome) -> None:
-    """One line per finished operation, with the fields operators filter on."""
+def _log_outcomes(outcomes: list[OperationOutcome]) -> None:
+    """A line per finished operation, with the fields operators filter on; for a batch, its
+    successes as one summary line (each volume's line at debug: an info line per volume at
+    1,000 volumes is noise), its waits and failures one line each, as always."""
     from operation_executor.errors import WaitingError
     from operation_executor.generator import outcome_word
 
-    err = outcome.error
-    fields = {
-        "volume": outcome.key.volume_id,
-        "pod_uid": outcome.key.pod_uid,
-        "operation": outcome.operation,
-        "plugin": outcome.plugin,
-        "duration_ms": round(outcome.duration * 1000, 2),
-        "result": outcome_word(err),
-    }
-    if err is None:
-        log.info("%s succeeded for %s", outcome.operation, outcome.key.volume_id, extra=fields)
-    elif isinstance(err, WaitingError):
-        log.info("%s waiting: %s", outcome.operation, err, extra=fields)
-    else:
-        fields["error"] = str(err)
-        log.warning("%s failed for %s: %s", outcome.operation, outcome.key.volume_id, err, extra=fields)
+    succeeded: list[OperationOutcome] = []
+    for outcome in outcomes:
+        err = outcome.error
+        fields = {
+            "volume": outcome.key.volume_id,
+            "pod_uid": outcome.key.pod_uid,
+            "operation": outcome.operation,
+            "plugin": outcome.plugin,
+            "duration_ms": round(outcome.duration * 1000, 2),
+            "result": outcome_word(err),
+        }
+        if err is None:
+            succeeded.append(outcome)
+            level = logging.INFO if len(outcomes) == 1 else logging.DEBUG
+            if log.isEnabledFor(level):
+                log.log(level, "%s succeeded for %s", outcome.operation, outcome.key.volume_id, extra=fields)
+        elif isinstance(err, WaitingError):
+            log.info("%s waiting: %s", outcome.operation, err, extra=fields)
+        else:
+            fields["error"] = str(err)
+            log.warning("%s failed for %s: %s", outcome.operation, outcome.key.volume_id, err, extra=fields)
+    if len(outcomes) > 1 and succeeded:
+        first = succeeded[0]
+        plugins = sorted({o.plugin for o in succeeded})
+        log.info("%s succeeded for %d volumes (%s) in %.1f ms", first.operation, len(succeeded), ", ".join(plugins),
+                 sum(o.duration for o in succeeded) * 1000,
+                 extra={"operation": first.operation, "plugin": ",".join(plugins), "volumes": len(succeeded),
+                        "failed": len(outcomes) - len(succeeded), "result": "ok",
+                        "duration_ms": round(sum(o.duration for o in succeeded) * 1000, 2)})
 
 
 def _driver_dict(d) -> dict:

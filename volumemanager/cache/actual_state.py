@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 from operation_executor.errors import OperationError
 from operation_executor.states import DeviceMountState, VolumeMountState
@@ -65,15 +66,44 @@ class ActualStateOfWorld:
         self._vids_by_uid: dict[str, set[str]] = {}
         self._uids_by_key: dict[str, set[str]] = {}
         self._on_change = on_change
+        self._batched: list[str] | None = None  # volume ids touched inside ``batch``
 
     def set_on_change(self, cb: Callable[[str], None]) -> None:
         self._on_change = cb
 
     def _touch(self, volume_id: str) -> None:
-        self.version += 1
-        self.changed.notify_all()
+        if self._batched is not None:
+            self._batched.append(volume_id)
+            return
+        self._bump()
         if self._on_change is not None:
             self._on_change(volume_id)
+
+    def _bump(self) -> None:
+        if self._batched is not None:
+            return  # published once when the batch ends
+        self.version += 1
+        self.changed.notify_all()
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """Apply the updates made inside as one change, under one lock: one version bump
+        and one wake-up of the waiters (``wait``, the mount watcher) for a whole batch of
+        operations instead of one per volume. Only for quick updates: nothing slow may run
+        inside (every reader waits)."""
+        with self._lock:
+            if self._batched is not None:
+                yield  # nested: the outer batch publishes
+                return
+            self._batched = []
+            try:
+                yield
+            finally:
+                touched, self._batched = self._batched, None
+                self._bump()
+                if self._on_change is not None:
+                    for volume_id in touched:
+                        self._on_change(volume_id)
 
     def _volume(self, volume_id: str, spec: VolumeSpec, plugin_name: str, device_mountable: bool) -> _Volume:
         v = self._volumes.get(volume_id)
@@ -208,8 +238,7 @@ class ActualStateOfWorld:
                 since = prev.since
             self._results[(volume_id, pod_uid)] = OperationResult(operation, error, now, since)
             self._result_keys.setdefault(volume_id, set()).add(pod_uid)
-            self.version += 1
-            self.changed.notify_all()
+            self._bump()
 
     # --- reconstruction -------------------------------------------------------------------
 
