@@ -479,7 +479,7 @@ def measure_queries(layout: Layout, pod_key: str, pid: int, repeats: int = 5) ->
     return out
 
 
-PYSPY_RATE = 250  # samples a second: ~250-2500 samples over a 1-10 s bring-up
+PYSPY_RATE = int(os.environ.get("VM_BENCH_PYSPY_RATE", "250"))  # samples a second: ~250-2500 samples over a 1-10 s bring-up
 PYSPY_MODE = [a for a in os.environ.get("VM_BENCH_PYSPY_MODE", "--gil").split() if a]  # experiments: "--idle --threads"
 
 

@@ -14,8 +14,9 @@ import time
 from typing import Callable
 
 from mount_utils.mounter import LinuxMounter
+from operation_executor.errors import WaitingError, is_uncertain
 from operation_executor.executor import OperationExecutor, OperationOutcome
-from operation_executor.generator import OperationGenerator
+from operation_executor.generator import UNMOUNT_DEVICE, UNMOUNT_VOLUME, OperationGenerator, outcome_word
 from operation_executor.journal import IntentJournal
 from operation_executor.use_guard import VolumeUseGuard
 from volumemanager import status as st
@@ -117,7 +118,7 @@ class VolumeManager:
         # after every tear-down.
         self.executor.add_batch_completion_callback(self._recheck_held_pods)
         # No skeletons: empty pod directories go after a pod's tear-down, and once at start.
-        self.executor.add_completion_callback(self._remove_skeleton_after)
+        self.executor.add_batch_completion_callback(self._remove_skeleton_after)
         self._skeletons_swept = False
         self.reconciler.on_pass.append(lambda secs, n: self._sweep_skeletons_once())
         self.metrics = metrics
@@ -310,8 +311,6 @@ class VolumeManager:
         return out
 
     def _recheck_held_pods(self, outcomes: list[OperationOutcome]) -> None:
-        from operation_executor.generator import UNMOUNT_DEVICE, UNMOUNT_VOLUME
-
         if self.populator.needs_recheck and any(
                 o.error is None and o.operation in (UNMOUNT_VOLUME, UNMOUNT_DEVICE) for o in outcomes):
             self.populator.sync(recheck=True)  # once per batch of tear-downs
@@ -330,15 +329,14 @@ class VolumeManager:
         """One line per desired-state source that is not read whole (explain shows them)."""
         return [h.describe() for h in self.populator.source_healths() if not h.ok]
 
-    def _remove_skeleton_after(self, outcome: OperationOutcome) -> None:
-        """After a successful tear-down for a pod that is not desired: rmdir its empty dirs."""
-        from operation_executor.generator import UNMOUNT_VOLUME
-
-        uid = outcome.key.pod_uid
-        if outcome.operation != UNMOUNT_VOLUME or outcome.error is not None or not uid:
-            return
-        if self.dsw.find_pod(uid) is None:
-            self._remove_pod_skeleton(uid)
+    def _remove_skeleton_after(self, outcomes: list[OperationOutcome]) -> None:
+        """After successful tear-downs for pods that are not desired: rmdir their empty dirs
+        (once per pod of a batch)."""
+        uids = {o.key.pod_uid for o in outcomes
+                if o.operation == UNMOUNT_VOLUME and o.error is None and o.key.pod_uid}
+        for uid in sorted(uids):  # type: ignore[type-var]
+            if self.dsw.find_pod(uid) is None:
+                self._remove_pod_skeleton(uid)
 
     def _remove_pod_skeleton(self, uid: str) -> bool:
         from volumemanager.pod_dirs import remove_pod_skeleton
@@ -370,8 +368,6 @@ class VolumeManager:
             log.warning("could not remove empty pod directories: %s", e)
 
     def _record_metrics(self, outcome: OperationOutcome) -> None:
-        from operation_executor.errors import is_uncertain
-
         result = "success" if outcome.error is None else ("uncertain" if is_uncertain(outcome.error) else "error")
         self.metrics.observe_operation(outcome.operation, outcome.plugin, result, outcome.duration)
 
@@ -646,9 +642,6 @@ def _log_outcomes(outcomes: list[OperationOutcome]) -> None:
     """A line per finished operation, with the fields operators filter on; for a batch, its
     successes as one summary line (each volume's line at debug: an info line per volume at
     1,000 volumes is noise), its waits and failures one line each, as always."""
-    from operation_executor.errors import WaitingError
-    from operation_executor.generator import outcome_word
-
     succeeded: list[OperationOutcome] = []
     for outcome in outcomes:
         err = outcome.error
