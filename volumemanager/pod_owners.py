@@ -34,6 +34,9 @@ class PodOwners:
         self._lock = threading.Lock()
         self._owners: dict[str, str] = {}
         self._write_failed = False
+        # Look for gone entries only once the record has grown past this (set after each
+        # look): checking every entry on every new UID made each new pod O(all pods).
+        self._prune_above = PRUNE_MIN
 
     def load(self) -> dict[str, str]:
         """Read the record (uid -> "namespace/name"); an unusable file counts as empty."""
@@ -70,10 +73,11 @@ class PodOwners:
                     changed = True
             if not changed:
                 return False
-            if len(self._owners) > PRUNE_MIN:
+            if len(self._owners) > self._prune_above:
                 alive = [u for u in self._owners if live(u)]
                 if len(self._owners) > PRUNE_FACTOR * max(len(alive), 1):
                     self._owners = {u: self._owners[u] for u in alive}
+                self._prune_above = max(PRUNE_MIN, PRUNE_FACTOR * len(alive))
             self._write(self._owners)  # under the lock: writes never overtake each other
         return True
 
@@ -90,9 +94,12 @@ class PodOwners:
         tmp = f"{self.path}.tmp"
         try:
             os.makedirs(os.path.dirname(self.path), mode=0o750, exist_ok=True)
+            # One string from the C encoder, one write (json.dump streams a write per entry:
+            # 1.5 ms at 2,000 pods, on the source thread, for every new pod).
+            text = json.dumps({"version": 1, "owners": owners}, sort_keys=True)
             with open(tmp, "w", encoding="utf-8") as f:
                 # No fsync: it is a hint, and a write here must not slow down the source thread.
-                json.dump({"version": 1, "owners": dict(sorted(owners.items()))}, f)
+                f.write(text)
             os.replace(tmp, self.path)
             if self._write_failed:
                 self._write_failed = False

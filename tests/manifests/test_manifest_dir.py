@@ -202,3 +202,32 @@ def test_errors_are_logged_once_without_secret_values(mdir, started, caplog):
     assert all("hunter2" not in r.getMessage() for r in caplog.records)
     write_atomic(mdir / "s.yaml", "kind: Secret\nmetadata: {name: s}\nstringData: {password: fixed}\n")
     wait_for(lambda: any("resolved" in r.getMessage() for r in caplog.records), 1.5, "the resolved line")
+
+
+def test_events_sort_into_read_now_debounced_and_rescan(mdir):
+    """Issue 16: a rename into place (or a delete) is final and read at once; a write may be a
+    writer mid-way and waits for the debounce; an atomic writer's hidden temp file causes no
+    rescan of every file unless a manifest is a symlink (whose target it could be)."""
+    from watchdog.events import FileDeletedEvent, FileModifiedEvent, FileMovedEvent
+
+    source = ManifestDirSource(str(mdir))
+    tmp, final = str(mdir / ".web.yaml.tmp"), str(mdir / "web.yaml")
+    source._event(tmp, FileMovedEvent(tmp, final))
+    source._event(final, FileMovedEvent(tmp, final))
+    assert source._ready == {final} and not source._pending and not source._pending_rescan
+    other = str(mdir / "db.yaml")
+    source._event(other, FileModifiedEvent(other))
+    assert other in source._pending and other not in source._ready
+    source._event(other, FileDeletedEvent(other))  # still debounced: it was being written
+    assert other in source._pending
+    source._event(final, FileModifiedEvent(final))  # written again after the rename: wait
+    assert final in source._pending and final not in source._ready
+
+    # A symlinked manifest (the ..data layout): a change to any other name may be its content.
+    (mdir / "real").mkdir()
+    (mdir / "real" / "pod.yaml").write_text(pod_yaml("linked"))
+    os.symlink("real/pod.yaml", mdir / "linked.yaml")
+    source.store.update_file(str(mdir / "linked.yaml"))
+    assert source.store.has_symlinks()
+    source._event(tmp, FileModifiedEvent(tmp))
+    assert source._pending_rescan

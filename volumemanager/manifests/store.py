@@ -77,6 +77,7 @@ class ManifestStore:
         self._uid_seeds: dict[str, tuple[str, str]] = {}
         self._generation = 0
         self._snapshot: Snapshot | None = None
+        self._symlinks: set[str] = set()  # manifest paths that are symlinks (see has_symlinks)
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class ManifestStore:
                 old = self._files.get(path)
             if not force and old is not None and old.stat_key == key:
                 return False
+            self._note_symlink(path)
             result = load_file(path, self._display(path), root=self._root(path))
             if result.missing:
                 if os.path.islink(path):
@@ -159,6 +161,8 @@ class ManifestStore:
             target = os.readlink(path)
         except OSError:
             return self.remove_file(path)  # the symlink itself went meanwhile
+        with self._lock:
+            self._symlinks.add(path)
         result = FileResult(
             (),
             (ManifestError(self._display(path), None, None, f"symlink target {target!r} does not exist"),),
@@ -166,10 +170,26 @@ class ManifestStore:
         )
         return self._apply(path, None, result)
 
+    def has_symlinks(self) -> bool:
+        """Whether a manifest read is a symlink: only then can a change to a name that is not
+        a manifest (the ``..data`` link of a ConfigMap-style layout) change what a manifest
+        holds. Without one, an editor's or a tool's temp file needs no rescan."""
+        with self._lock:
+            return bool(self._symlinks)
+
+    def _note_symlink(self, path: str) -> None:
+        link = os.path.islink(path)
+        with self._lock:
+            if link:
+                self._symlinks.add(path)
+            else:
+                self._symlinks.discard(path)
+
     def remove_file(self, path: str) -> bool:
         """Forget a file and its objects; returns whether the snapshot changed."""
         path = os.path.abspath(path)
         with self._update_lock, self._lock:
+            self._symlinks.discard(path)
             old = self._files.pop(path, None)
             if old is None:
                 return False

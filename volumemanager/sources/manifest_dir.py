@@ -51,9 +51,9 @@ FAILED_RETRY_SECONDS = 1.0
 # often tells whether it is still the directory being watched, so status shows the failure
 # (and the replacement is read) within a second, not a rescan interval.
 DIR_CHECK_SECONDS = 1.0
-# A burst of events for one change (create, modify, close; or write temp + rename) arrives
-# within a millisecond or two; waiting this long after the last event turns it into one
-# re-read. It adds directly to the manifest-to-mount latency, so it is kept short.
+# A burst of events for one change (create, modify, close) arrives within a millisecond or
+# two; waiting this long after the last event turns it into one re-read. A rename into place
+# needs no wait (_SETTLED_EVENTS), so an atomic writer's change is read at once.
 DEBOUNCE_SECONDS = 0.005
 # ...but a file that is written continuously is still read at least this often.
 DEBOUNCE_MAX_SECONDS = 0.2
@@ -74,6 +74,10 @@ _EVENT_FILTER: list[type[FileSystemEvent]] = [
     DirMovedEvent,
 ]
 _EVENT_TYPES = frozenset({"created", "modified", "moved", "deleted", "closed", "attrib"})
+# Events after which a manifest name's content is final: a rename (write-temp-then-rename, the
+# way tools should write manifests) and a delete. Anything else may be a writer mid-way (a
+# shell's truncate then write, an editor's several writes), read only after the debounce.
+_SETTLED_EVENTS = frozenset({"moved", "deleted"})
 
 
 class _Handler(FileSystemEventHandler):
@@ -98,7 +102,8 @@ class ManifestDirSource(DesiredStateSource):
         self.rescan_interval = rescan_interval
         self._store = ManifestStore(self.directory)
         self._cond = threading.Condition()
-        self._pending: set[str] = set()
+        self._pending: set[str] = set()  # changed: read once the writer is done (debounced)
+        self._ready: set[str] = set()  # renamed or deleted: read at once
         self._pending_rescan = False
         self._first_event = 0.0
         self._last_event = 0.0
@@ -192,8 +197,18 @@ class ManifestDirSource(DesiredStateSource):
             elif event.is_directory or not is_manifest_name(os.path.basename(path)):
                 # Not a manifest itself, but may be what manifests point at (a "..data"
                 # symlink swapped by a ConfigMap-style updater): compare every file's stat.
+                # Only when some manifest is a symlink: else it is a temp file of an atomic
+                # writer (whose rename names the manifest), and a stat of every file per
+                # change made each change O(all files).
+                if not self._store.has_symlinks():
+                    return
                 self._pending_rescan = True
+            elif event.event_type in _SETTLED_EVENTS and path not in self._pending:
+                # Renamed into place (an atomic writer's last step) or away, or deleted: the
+                # name's content is final now, so it is read at once, with no debounce.
+                self._ready.add(path)
             else:
+                self._ready.discard(path)  # written to again: wait for the writer to finish
                 self._pending.add(path)
             now = time.monotonic()
             if self._first_event == 0.0:
@@ -215,19 +230,24 @@ class ManifestDirSource(DesiredStateSource):
                         due = min(due, last_rescan + FAILED_RETRY_SECONDS)
                     else:
                         due = min(due, last_check + DIR_CHECK_SECONDS)
+                    debounced = False
                     if self._pending or self._pending_rescan:
-                        due = min(
-                            due,
-                            self._last_event + DEBOUNCE_SECONDS,
-                            self._first_event + DEBOUNCE_MAX_SECONDS,
-                        )
+                        settle = min(self._last_event + DEBOUNCE_SECONDS, self._first_event + DEBOUNCE_MAX_SECONDS)
+                        debounced = now >= settle
+                        due = min(due, settle)
+                    if self._ready:
+                        due = now
                     if now >= due:
                         break
                     self._cond.wait(due - now)
-                paths, rescan = sorted(self._pending), self._pending_rescan
-                self._pending = set()
-                self._pending_rescan = False
-                self._first_event = 0.0
+                paths, rescan = sorted(self._ready), False
+                self._ready = set()
+                if debounced:
+                    paths = sorted(set(paths) | self._pending)
+                    rescan = self._pending_rescan
+                    self._pending = set()
+                    self._pending_rescan = False
+                    self._first_event = 0.0
                 periodic = now >= next_rescan
                 unread = self._failed_since is not None or not self._synced
                 retry = unread and now >= last_rescan + FAILED_RETRY_SECONDS
