@@ -21,28 +21,29 @@ files are read outside the lock that ``snapshot()`` needs, so a slow read never 
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import os
 import stat
 import threading
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from volumemanager.manifests.loader import FileResult, is_manifest_name, load_file
 from volumemanager.manifests.models import (
+    KIND_CONFIGMAP,
+    KIND_CSIDRIVER,
     KIND_POD,
-    ConfigMap,
-    CSIDriver,
+    KIND_PV,
+    KIND_PVC,
+    KIND_SECRET,
+    KIND_STORAGECLASS,
+    KIND_VOLUMESNAPSHOT,
+    KIND_VOLUMESNAPSHOTCLASS,
     ManifestError,
     ManifestObject,
-    PersistentVolume,
-    PersistentVolumeClaim,
     Pod,
-    Secret,
     Snapshot,
-    StorageClass,
-    VolumeSnapshot,
-    VolumeSnapshotClass,
     object_identity,
 )
 
@@ -78,6 +79,30 @@ class ManifestStore:
         self._generation = 0
         self._snapshot: Snapshot | None = None
         self._symlinks: set[str] = set()  # manifest paths that are symlinks (see has_symlinks)
+        # The index (see _reindex): identity -> its holders [(path, position, object)] in order,
+        # and the winner of each; pods by UID; the other kinds' tables; the conflicts found.
+        self._holders: dict[tuple[str, str, str], list[tuple[str, int, Any]]] = {}
+        self._winners: dict[tuple[str, str, str], tuple[str, int, Any]] = {}
+        self._uid_idents: dict[str, set[tuple[str, str, str]]] = {}
+        self._pods: dict[str, Pod] = {}
+        self._dups: dict[tuple[str, str, str], list[tuple[str, int, ManifestError]]] = {}
+        self._uid_errors: dict[str, list[tuple[str, int, ManifestError]]] = {}
+        self._dirty_uids: set[str] = set()  # UIDs whose claimants changed since the last snapshot
+        self._error_paths: set[str] = set()  # files whose own errors are not empty
+        self._tables: dict[str, dict] = {name: {} for name in (
+            "pvs", "pvcs", "secrets", "configmaps", "storageclasses", "csidrivers", "volumesnapshotclasses",
+            "volumesnapshots")}
+        t = self._tables
+        self._by_kind: dict[str, tuple[dict, Callable[[tuple[str, str, str]], Any]]] = {
+            KIND_PV: (t["pvs"], _cluster_key),
+            KIND_PVC: (t["pvcs"], _namespaced_key),
+            KIND_SECRET: (t["secrets"], _namespaced_key),
+            KIND_CONFIGMAP: (t["configmaps"], _namespaced_key),
+            KIND_STORAGECLASS: (t["storageclasses"], _cluster_key),
+            KIND_CSIDRIVER: (t["csidrivers"], _cluster_key),
+            KIND_VOLUMESNAPSHOTCLASS: (t["volumesnapshotclasses"], _cluster_key),
+            KIND_VOLUMESNAPSHOT: (t["volumesnapshots"], _namespaced_key),
+        }
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -91,6 +116,7 @@ class ManifestStore:
         after a restart, the pod a UID belonged to keeps it, not the first in path order."""
         with self._lock:
             self._uid_seeds.update(holders)
+            self._dirty_uids.update(uid for uid in holders if uid in self._uid_idents)
             self._snapshot = None
 
     def dir_error(self) -> str | None:
@@ -193,6 +219,8 @@ class ManifestStore:
             old = self._files.pop(path, None)
             if old is None:
                 return False
+            self._error_paths.discard(path)
+            self._reindex(path, old.objects, ())
             self._changed()
             return True
 
@@ -285,6 +313,12 @@ class ManifestStore:
             self._files[path] = new
             if old is not None and old.objects == new.objects and old.errors == new.errors:
                 return False
+            if errors:
+                self._error_paths.add(path)
+            else:
+                self._error_paths.discard(path)
+            if old is None or old.objects != new.objects:
+                self._reindex(path, old_objects, objects)
             self._changed()
             return True
 
@@ -292,82 +326,138 @@ class ManifestStore:
         self._generation += 1
         self._snapshot = None
 
+    # -- the index: the snapshot's parts, kept up to date per changed file -----------------
+    #
+    # A change re-decides only the identities (kind, namespace, name) and pod UIDs the changed
+    # file held or holds, so a change costs what it touches, not what the directory holds
+    # (issue 16: rebuilding from every file was O(all files) per change). The rules are the
+    # module docstring's: per identity the first in (path, position) order wins; per UID the
+    # pod that held it keeps it while its document exists, else the first in path order.
+
+    def _reindex(self, path: str, old: tuple[ManifestObject, ...], new: tuple[ManifestObject, ...]) -> None:
+        """Under ``_lock``: ``path`` held ``old`` and now holds ``new``."""
+        touched: set[tuple[str, str, str]] = set()
+        for obj in old:
+            ident = object_identity(obj)
+            touched.add(ident)
+            entries = self._holders.get(ident)
+            if entries:
+                entries[:] = [e for e in entries if e[0] != path]
+        for seq, obj in enumerate(new):
+            ident = object_identity(obj)
+            touched.add(ident)
+            bisect.insort(self._holders.setdefault(ident, []), (path, seq, obj), key=_position)
+        for ident in touched:
+            self._decide_identity(ident, self._dirty_uids)
+
+    def _decide_identity(self, ident: tuple[str, str, str], uids: set[str]) -> None:
+        entries = self._holders.get(ident) or []
+        if not entries:
+            self._holders.pop(ident, None)
+        winner = entries[0] if entries else None
+        before = self._winners.get(ident)
+        self._dups.pop(ident, None)
+        if len(entries) > 1:
+            assert winner is not None
+            label = f"{ident[1]}/{ident[2]}" if ident[1] else ident[2]
+            self._dups[ident] = [(path, seq, ManifestError(
+                obj.origin.file, obj.origin.document, "metadata.name",
+                f"duplicate {obj.kind} {label!r}: already defined in {winner[2].origin}; ignored",
+                obj.kind, label)) for path, seq, obj in entries[1:]]
+        if winner is None:
+            self._winners.pop(ident, None)
+        else:
+            self._winners[ident] = winner
+        if before is not None and winner is not None and before[2] is winner[2] and before[:2] == winner[:2]:
+            return
+        if ident[0] == KIND_POD:
+            if before is not None:
+                old_uid = before[2].uid
+                idents = self._uid_idents.get(old_uid)
+                if idents is not None:
+                    idents.discard(ident)
+                    if not idents:
+                        del self._uid_idents[old_uid]
+                uids.add(old_uid)
+            if winner is not None:
+                self._uid_idents.setdefault(winner[2].uid, set()).add(ident)
+                uids.add(winner[2].uid)
+            return
+        target = self._by_kind.get(ident[0])
+        if target is None:
+            return
+        table, key = target
+        if winner is None:
+            table.pop(key(ident), None)
+        else:
+            table[key(ident)] = winner[2]
+
+    def _decide_uid(self, uid: str) -> None:
+        claimants = sorted((self._winners[i] for i in self._uid_idents.get(uid, ())), key=_position)
+        self._uid_errors.pop(uid, None)
+        if not claimants:
+            self._pods.pop(uid, None)
+            self._uid_holders.pop(uid, None)
+            return
+        winner = claimants[0][2]
+        if len(claimants) > 1:
+            held = self._uid_holders.get(uid) or self._uid_seeds.get(uid)
+            for _, _, pod in claimants:
+                if (pod.namespace, pod.name) == held:
+                    winner = pod
+                    break
+            self._uid_errors[uid] = [(path, seq, ManifestError(
+                pod.origin.file, pod.origin.document, "metadata.uid",
+                f"duplicate pod UID {uid!r}: already used by pod {winner.key!r} "
+                f"({winner.origin}); pod {pod.key!r} ignored",
+                KIND_POD, pod.key)) for path, seq, pod in claimants if pod is not winner]
+        self._pods[uid] = winner
+        self._uid_holders[uid] = (winner.namespace, winner.name)
+        self._uid_seeds.pop(uid, None)
+
     def _build_snapshot(self) -> Snapshot:
-        pods: dict[str, Pod] = {}
-        pvs: dict[str, PersistentVolume] = {}
-        pvcs: dict[tuple[str, str], PersistentVolumeClaim] = {}
-        secrets: dict[tuple[str, str], Secret] = {}
-        configmaps: dict[tuple[str, str], ConfigMap] = {}
-        storageclasses: dict[str, StorageClass] = {}
-        csidrivers: dict[str, CSIDriver] = {}
-        snapshot_classes: dict[str, VolumeSnapshotClass] = {}
-        volume_snapshots: dict[tuple[str, str], VolumeSnapshot] = {}
-        owners: dict[tuple[str, str, str], Any] = {}
+        """The snapshot of the index: copies of its tables (C-speed dict copies) and the errors
+        in file order (each file's own, then the duplicates it holds; the UID conflicts last).
+
+        UIDs are decided here, when a snapshot is taken, not at each file: "the pod that held
+        the UID in the last snapshot" must not change in the middle of a rescan or a swap of
+        two files, where one file alone would briefly hand the UID to the other pod."""
+        for uid in sorted(self._dirty_uids):
+            self._decide_uid(uid)
+        self._dirty_uids.clear()
+        dups_by_path: dict[str, list[tuple[int, ManifestError]]] = {}
+        for dups in self._dups.values():
+            for path, seq, err in dups:
+                dups_by_path.setdefault(path, []).append((seq, err))
         errors: list[ManifestError] = list(self._dir_errors)
-        candidates: dict[str, list[Pod]] = {}  # uid -> pods claiming it, in path order
-        for path in sorted(self._files):
-            state = self._files[path]
-            errors.extend(state.errors)
-            for obj in state.objects:
-                ident = object_identity(obj)
-                label = f"{ident[1]}/{ident[2]}" if ident[1] else ident[2]
-                first = owners.get(ident)
-                if first is not None:
-                    errors.append(ManifestError(
-                        obj.origin.file, obj.origin.document, "metadata.name",
-                        f"duplicate {obj.kind} {label!r}: already defined in {first.origin}; ignored",
-                        obj.kind, label,
-                    ))
-                    continue
-                if isinstance(obj, Pod):
-                    candidates.setdefault(obj.uid, []).append(obj)
-                elif isinstance(obj, PersistentVolume):
-                    pvs[obj.name] = obj
-                elif isinstance(obj, PersistentVolumeClaim):
-                    pvcs[(obj.namespace, obj.name)] = obj
-                elif isinstance(obj, Secret):
-                    secrets[(obj.namespace, obj.name)] = obj
-                elif isinstance(obj, ConfigMap):
-                    configmaps[(obj.namespace, obj.name)] = obj
-                elif isinstance(obj, StorageClass):
-                    storageclasses[obj.name] = obj
-                elif isinstance(obj, CSIDriver):
-                    csidrivers[obj.name] = obj
-                elif isinstance(obj, VolumeSnapshotClass):
-                    snapshot_classes[obj.name] = obj
-                elif isinstance(obj, VolumeSnapshot):
-                    volume_snapshots[(obj.namespace, obj.name)] = obj
-                owners[ident] = obj
-        holders: dict[str, tuple[str, str]] = {}
-        for uid, claimants in candidates.items():
-            winner = claimants[0]
-            if len(claimants) > 1:
-                held = self._uid_holders.get(uid) or self._uid_seeds.get(uid)
-                for pod in claimants:
-                    if (pod.namespace, pod.name) == held:
-                        winner = pod
-                        break
-                for pod in claimants:
-                    if pod is winner:
-                        continue
-                    errors.append(ManifestError(
-                        pod.origin.file, pod.origin.document, "metadata.uid",
-                        f"duplicate pod UID {uid!r}: already used by pod {winner.key!r} "
-                        f"({winner.origin}); pod {pod.key!r} ignored",
-                        KIND_POD, pod.key,
-                    ))
-            pods[uid] = winner
-            holders[uid] = (winner.namespace, winner.name)
-            self._uid_seeds.pop(uid, None)
-        self._uid_holders = holders
+        for path in sorted(self._error_paths | dups_by_path.keys()):
+            state = self._files.get(path)
+            if state is not None:
+                errors.extend(state.errors)
+            errors.extend(err for _, err in sorted(dups_by_path.get(path, ()), key=lambda d: d[0]))
+        for _, _, err in sorted((e for errs in self._uid_errors.values() for e in errs), key=_position):
+            errors.append(err)
+        t = self._tables
         return Snapshot(
-            pods, pvs, pvcs, secrets, tuple(errors), self._generation,
-            configmaps=configmaps,
-            storageclasses=storageclasses,
-            csidrivers=csidrivers,
-            volumesnapshotclasses=snapshot_classes,
-            volumesnapshots=volume_snapshots,
+            dict(self._pods), dict(t["pvs"]), dict(t["pvcs"]), dict(t["secrets"]), tuple(errors), self._generation,
+            configmaps=dict(t["configmaps"]),
+            storageclasses=dict(t["storageclasses"]),
+            csidrivers=dict(t["csidrivers"]),
+            volumesnapshotclasses=dict(t["volumesnapshotclasses"]),
+            volumesnapshots=dict(t["volumesnapshots"]),
         )
+
+
+def _position(entry: tuple) -> tuple[str, int]:
+    return entry[0], entry[1]
+
+
+def _cluster_key(ident: tuple[str, str, str]) -> str:
+    return ident[2]
+
+
+def _namespaced_key(ident: tuple[str, str, str]) -> tuple[str, str]:
+    return ident[1], ident[2]
 
 
 def _error_identity(error: ManifestError) -> tuple[str, str, str] | None:
