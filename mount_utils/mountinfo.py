@@ -441,6 +441,30 @@ def table_of_lines(lines: Iterable[bytes], under: str) -> MountTable:
     return MountTable(mounts)
 
 
+class MountPoints:
+    """Only the mount points of some mountinfo lines: the one question a watcher asks of
+    thousands of mounts ("is X still mounted?") without parsing each line whole (a
+    ``MountTable`` of 10,000 lines costs ~0.1 s of Python; this a tenth of it)."""
+
+    __slots__ = ("_points",)
+
+    def __init__(self, lines: Iterable[bytes]) -> None:
+        points = set()
+        for line in lines:
+            fields = line.split(b" ", 5)
+            if len(fields) > 4:
+                points.add(fields[4])
+        self._points = points
+
+    def is_mount_point(self, path: str) -> bool:
+        """Whether something is mounted exactly at `path` (lexically normalised, no symlinks)."""
+        raw = os.fsencode(_norm(path))
+        if b" " in raw or b"\\" in raw or b"\t" in raw or b"\n" in raw:
+            # The kernel escapes these (octal) in mountinfo: compare escaped.
+            raw = b"".join(b"\\%03o" % c if c in b" \t\n\\" else bytes((c,)) for c in raw)
+        return raw in self._points
+
+
 class MountInfoWatcher:
     """Learn that this mount namespace's mount table changed, without re-reading it in a loop.
 

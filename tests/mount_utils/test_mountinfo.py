@@ -14,6 +14,7 @@ from mount_utils.mountinfo import (
     MountInfo,
     MountInfoParseError,
     MountInfoWatcher,
+    MountPoints,
     MountTable,
     escape_field,
     parse_mountinfo,
@@ -289,3 +290,17 @@ def test_watcher_table_under_a_prefix_parses_only_that_part(mount_cleanup):
     finally:
         sc.sys_umount(str(sibling))
         sc.sys_umount(str(inside))
+
+
+@given(st.lists(st.text(alphabet=st.sampled_from("ab \t\n\\/é"), min_size=1, max_size=6), min_size=1, max_size=5),
+       st.text(alphabet=st.sampled_from("ab \t\\/é"), min_size=1, max_size=6))
+def test_mount_points_answers_as_the_table_does(names, probe):
+    """MountPoints (the watcher's cheap check: mount points only) agrees with MountTable on
+    every path, escapes included."""
+    lines = [f"{40 + i} 1 0:{50 + i} / {escape_field('/r/' + n)} rw - tmpfs t rw".encode()
+             for i, n in enumerate(names)]
+    table = parse_mountinfo("\n".join(x.decode() for x in lines) + "\n")
+    points = MountPoints(lines)
+    whole = MountTable(table)
+    for path in [f"/r/{n}" for n in names] + [f"/r/{probe}", "/r", "/r/"]:
+        assert points.is_mount_point(path) == whole.is_mount_point(path), path
