@@ -298,12 +298,13 @@ class Reconciler:
         ids = sorted(volume_ids)
         ready = self._ready_to_unmount()
         actions: list[Action] = []
-        mounted = self._asw.mounted_volumes(ids)
-        # 1. pod views that are no longer desired
+        # 1. pod views that are no longer desired (copies only of those)
         if ready:
-            for mv in mounted:
-                if not dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid):
-                    actions.append(self._unmount_volume_action(mv))
+            for vid, uid in self._asw.mounted_keys(ids):
+                if not dsw.pod_exists_in_volume(vid, uid):
+                    mv = self._asw.get_mount(vid, uid)
+                    if mv is not None:
+                        actions.append(self._unmount_volume_action(mv))
         # 2. desired pod views that are not certainly mounted
         for vtm in dsw.volumes_to_mount(ids):
             if self._asw.pod_state(vtm.volume_id, vtm.pod.uid) is not VolumeMountState.MOUNTED:
@@ -312,13 +313,8 @@ class Reconciler:
                 actions.append(self._remount_action(vtm))
         # 3. staged devices no pod uses any more
         if ready:
-            for av in self._asw.attached_volumes(ids):
-                if (
-                    av.device_mountable
-                    and av.device_state.may_be_mounted
-                    and not av.pod_uids
-                    and not dsw.volume_exists(av.volume_id)
-                ):
+            for av in self._asw.staged_volumes(ids):
+                if not av.pod_uids and not dsw.volume_exists(av.volume_id):
                     actions.append(self._unmount_device_action(av))
         # 4. staged volumes whose filesystem must grow (a claim expanded with
         #    node_expansion_required): online, never unmounting; right after a fresh stage too

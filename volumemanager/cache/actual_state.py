@@ -288,6 +288,19 @@ class ActualStateOfWorld:
             vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
             return [self._mounted(v, p) for v in vols for p in v.pods.values() if p.state.may_be_mounted]
 
+    def mounted_keys(self, volume_ids=None) -> list[tuple[str, str]]:
+        """(volume id, pod uid) of every pod view that may be mounted, without copying any: what
+        the reconciler's full pass walks (``mounted_volumes`` built 10,000 copies a minute)."""
+        with self._lock:
+            vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
+            return [(v.volume_id, uid) for v in vols for uid, p in v.pods.items() if p.state.may_be_mounted]
+
+    def staged_volumes(self, volume_ids=None) -> list[AttachedVolume]:
+        """``attached_volumes`` of the device-mountable volumes whose stage may be mounted only."""
+        with self._lock:
+            vols = self._volumes.values() if volume_ids is None else filter(None, map(self._volumes.get, volume_ids))
+            return [self._attached(v) for v in vols if v.device_mountable and v.device_state.may_be_mounted]
+
     def known_mount_paths(self) -> set[str]:
         """Every path the actual state accounts for (pod mounts that may be mounted, staging
         mounts), for ``status``'s orphans: one pass under the lock, no copies of the volumes."""
