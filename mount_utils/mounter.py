@@ -19,7 +19,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from mount_utils import syscalls as sc
 from mount_utils.child import die_with_parent
-from mount_utils.mountinfo import DEFAULT_MOUNTINFO, MountInfo, MountTable
+from mount_utils.mountinfo import DEFAULT_MOUNTINFO, MountInfo, MountPoints, MountTable
 from mount_utils.options import (
     MASK,
     flag_options,
@@ -128,6 +128,11 @@ class Mounter(Protocol):
     def is_mount_point(self, path: str) -> bool: ...
 
     def mount_table(self) -> MountTable: ...
+
+    def mount_points(self) -> MountTable | MountPoints:
+        """Something that answers ``is_mount_point`` for the whole table, as cheaply as the
+        mounter can (a restart asks it of 10,000 paths)."""
+        ...
 
     def mount_refs(self, path: str) -> list[str]: ...
 
@@ -350,6 +355,12 @@ class LinuxMounter:
     def mount_table(self) -> MountTable:
         return MountTable.read(self.mountinfo_path)
 
+    def mount_points(self) -> MountPoints:
+        """The mount points of the table only: each line split once, nothing else parsed
+        (a whole MountTable of 10,000 mounts is ~0.1 s of a restart)."""
+        with open(self.mountinfo_path, "rb") as f:
+            return MountPoints(f.read().split(b"\n"))
+
     def mount_refs(self, path: str) -> list[str]:
         """Other mount points of the same device and root as the mount at `path`."""
         return self.mount_table().refs(os.path.realpath(path))
@@ -538,6 +549,9 @@ class FakeMounter:
         with self._lock:
             self._record(("mount_table",))
             return MountTable(self._mounts)
+
+    def mount_points(self) -> MountTable:
+        return self.mount_table()
 
     def mount_refs(self, path: str) -> list[str]:
         with self._lock:

@@ -14,7 +14,7 @@ import os
 from dataclasses import dataclass, field, replace
 from typing import Callable, Iterable, Protocol
 
-from mount_utils.mountinfo import MountTable
+from mount_utils.mountinfo import MountPoints, MountTable
 from operation_executor.plugin import PluginRegistry, VolumePlugin
 from operation_executor.states import DeviceMountState, VolumeMountState
 from operation_executor.types import AttachedVolume, MountedVolume, PodRef, VolumeSpec, VolumeToMount
@@ -75,7 +75,7 @@ def _recorded_pod(pod_owner: PodOwnerLookup, uid: str) -> PodRef:
 def reconstruct_actual_state(
     pods_dir: str,
     plugins: PluginRegistry,
-    table: MountTable,
+    table: MountTable | MountPoints,
     desired: Iterable[VolumeToMount],
     asw: ReconstructedStateWriter,
     pod_owner: PodOwnerLookup = lambda uid: None,

@@ -413,7 +413,7 @@ class VolumeManager:
         from volumemanager import reconstruct as rc
 
         try:
-            found = rc.reconstruct_actual_state(self.host.pods_dir, self.plugins, self.mounter.mount_table(),
+            found = rc.reconstruct_actual_state(self.host.pods_dir, self.plugins, self.mounter.mount_points(),
                                                 self.dsw.volumes_to_mount(), self.asw, self.pod_owners.get)
             interrupted = rc.take_interrupted(self.journal)
             self.interrupted_at_start.extend(interrupted)

@@ -91,30 +91,51 @@ def load_file(path: str, display_name: str | None = None, root: str | None = Non
     return load_bytes(data, name, json_format=path.endswith(".json"))
 
 
+_OPEN_FLAGS = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY
+
+
 def read_manifest_bytes(path: str, root: str | None = None) -> bytes:
-    """The content of a manifest file, or ``_Refused`` / ``FileNotFoundError``."""
-    root_real = os.path.realpath(root if root is not None else os.path.dirname(os.path.abspath(path)))
-    real = os.path.realpath(path)
-    if os.path.commonpath([root_real, real]) != root_real:
-        raise _Refused(f"refused: a symlink to {real!r}, outside the manifest dir {root_real!r}")
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
-    except FileNotFoundError:
-        raise
-    except OSError as exc:
-        raise _Refused(f"cannot open: {os.strerror(exc.errno or errno.EIO)}") from None
+    """The content of a manifest file, or ``_Refused`` / ``FileNotFoundError``.
+
+    A file that is not a symlink, directly in ``root``, is opened with ``O_NOFOLLOW`` and read:
+    nothing it names can be outside the manifest dir. A symlink gets the whole check (its
+    target resolved and kept inside the dir, and the same file opened as checked); doing that
+    for every file was ~12 path lookups each, a tenth of a restart at 2,000 manifests."""
+    fd: int | None = None
+    real: str | None = None
+    top = root if root is not None else os.path.dirname(os.path.abspath(path))
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(top):
+        try:
+            fd = os.open(path, _OPEN_FLAGS | os.O_NOFOLLOW)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if exc.errno != errno.ELOOP:  # ELOOP: a symlink, checked below
+                raise _Refused(f"cannot open: {os.strerror(exc.errno or errno.EIO)}") from None
+    if fd is None:
+        root_real = os.path.realpath(top)
+        real = os.path.realpath(path)
+        if os.path.commonpath([root_real, real]) != root_real:
+            raise _Refused(f"refused: a symlink to {real!r}, outside the manifest dir {root_real!r}")
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            raise _Refused(f"cannot open: {os.strerror(exc.errno or errno.EIO)}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _Refused("refused: not a regular file")
         if st.st_size > MAX_FILE_BYTES:
             raise _Refused(f"refused: {st.st_size} bytes, more than the limit of {MAX_FILE_BYTES}")
-        try:  # the symlink may have been swapped between the check and the open
-            real_st = os.stat(real)
-        except OSError:
-            real_st = None
-        if real_st is None or (real_st.st_dev, real_st.st_ino) != (st.st_dev, st.st_ino):
-            raise _Refused("changed while being opened; will be read again")
+        if real is not None:
+            try:  # the symlink may have been swapped between the check and the open
+                real_st = os.stat(real)
+            except OSError:
+                real_st = None
+            if real_st is None or (real_st.st_dev, real_st.st_ino) != (st.st_dev, st.st_ino):
+                raise _Refused("changed while being opened; will be read again")
         chunks: list[bytes] = []
         total = 0
         while True:
