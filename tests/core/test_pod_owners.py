@@ -41,3 +41,24 @@ def test_a_write_that_fails_is_not_fatal(tmp_path):
     rec = PodOwners(str(blocker / "state"))  # its parent is a file: cannot be created
     assert rec.update([("u", "ns/p")], lambda uid: True)
     assert rec.get("u") == "ns/p"
+
+
+def test_new_owners_are_appended_and_folded_into_the_file(tmp_path):
+    """A new UID is one appended line, not a rewrite of every UID (issue 16); the log is
+    folded into the file once it is longer than the file, and a torn line is skipped."""
+    rec = PodOwners(str(tmp_path))
+    for i in range(PRUNE_MIN + 1):  # one more than the log holds before its first fold
+        rec.update([(f"u{i}", f"ns/p{i}")], lambda uid: True)
+    assert json.loads((tmp_path / "pod-owners.json").read_text())["owners"]["u0"] == "ns/p0"
+    assert not (tmp_path / "pod-owners.log").exists()
+    before = (tmp_path / "pod-owners.json").read_text()
+    rec.update([("new", "ns/new")], lambda uid: True)
+    assert (tmp_path / "pod-owners.json").read_text() == before  # appended, not rewritten
+    assert '"uid": "new"' in (tmp_path / "pod-owners.log").read_text()
+    with open(tmp_path / "pod-owners.log", "a") as f:
+        f.write('{"uid": "torn", "ke')  # a crash mid-write
+    rec.update([("after", "ns/after")], lambda uid: True)
+    again = PodOwners(str(tmp_path))
+    owners = again.load()
+    assert owners["new"] == "ns/new" and owners["after"] == "ns/after" and "torn" not in owners
+    assert owners == rec.owners()
