@@ -291,7 +291,7 @@ def source_health(source) -> SourceHealth:
 
 def _same_objects(old: Mapping, new: Mapping) -> bool:
     """Whether two snapshot maps hold the very same objects under the same keys."""
-    return len(old) == len(new) and all(old.get(k) is v for k, v in new.items())
+    return old is new or (len(old) == len(new) and all(old.get(k) is v for k, v in new.items()))
 
 
 class DesiredStatePopulator:

@@ -92,6 +92,7 @@ class ManifestStore:
         self._tables: dict[str, dict] = {name: {} for name in (
             "pvs", "pvcs", "secrets", "configmaps", "storageclasses", "csidrivers", "volumesnapshotclasses",
             "volumesnapshots")}
+        self._published: dict[str, dict] = {}  # kind -> the copy of its table the last snapshot holds
         t = self._tables
         self._by_kind: dict[str, tuple[dict, Callable[[tuple[str, str, str]], Any]]] = {
             KIND_PV: (t["pvs"], _cluster_key),
@@ -103,6 +104,8 @@ class ManifestStore:
             KIND_VOLUMESNAPSHOTCLASS: (t["volumesnapshotclasses"], _cluster_key),
             KIND_VOLUMESNAPSHOT: (t["volumesnapshots"], _namespaced_key),
         }
+        self._kind_of_table = {name: kind for kind, (table, _) in self._by_kind.items()
+                               for name, t2 in self._tables.items() if t2 is table}
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -386,6 +389,7 @@ class ManifestStore:
         target = self._by_kind.get(ident[0])
         if target is None:
             return
+        self._published.pop(ident[0], None)  # the next snapshot gets a new copy of this table
         table, key = target
         if winner is None:
             table.pop(key(ident), None)
@@ -437,15 +441,24 @@ class ManifestStore:
             errors.extend(err for _, err in sorted(dups_by_path.get(path, ()), key=lambda d: d[0]))
         for _, _, err in sorted((e for errs in self._uid_errors.values() for e in errs), key=_position):
             errors.append(err)
-        t = self._tables
         return Snapshot(
-            dict(self._pods), dict(t["pvs"]), dict(t["pvcs"]), dict(t["secrets"]), tuple(errors), self._generation,
-            configmaps=dict(t["configmaps"]),
-            storageclasses=dict(t["storageclasses"]),
-            csidrivers=dict(t["csidrivers"]),
-            volumesnapshotclasses=dict(t["volumesnapshotclasses"]),
-            volumesnapshots=dict(t["volumesnapshots"]),
+            dict(self._pods), self._table("pvs"), self._table("pvcs"), self._table("secrets"), tuple(errors),
+            self._generation,
+            configmaps=self._table("configmaps"),
+            storageclasses=self._table("storageclasses"),
+            csidrivers=self._table("csidrivers"),
+            volumesnapshotclasses=self._table("volumesnapshotclasses"),
+            volumesnapshots=self._table("volumesnapshots"),
         )
+
+    def _table(self, name: str) -> dict:
+        """A copy of one table for a snapshot: the previous snapshot's own copy while the table
+        has not changed since, so a consumer comparing two snapshots can tell by identity."""
+        kind = self._kind_of_table[name]
+        copy = self._published.get(kind)
+        if copy is None:
+            copy = self._published[kind] = dict(self._tables[name])
+        return copy
 
 
 def _position(entry: tuple) -> tuple[str, int]:
