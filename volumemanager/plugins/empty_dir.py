@@ -74,7 +74,7 @@ class EmptyDirPlugin(VolumePlugin):
         mounter = self.host.mounter
         try:
             if os.path.lexists(mount_path) and mounter.is_mount_point(mount_path):
-                cleanup_mount_point(mount_path, mounter)
+                cleanup_mount_point(mount_path, mounter, mounted=True)
             else:
                 self._refuse_if_held(mount_path)
                 remove_tree_one_filesystem(mount_path)
