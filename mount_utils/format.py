@@ -26,7 +26,7 @@ import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mount_utils.blank import SYSFS_ROOT, Inspection, inspect_device
+from mount_utils.blank import SYSFS_ROOT, Inspection, inspect_device, partitions
 from mount_utils.child import die_with_parent
 from mount_utils.mounter import Mounter
 
@@ -284,7 +284,8 @@ def format_and_mount(
     """
     if not fs_type:
         fs_type = "ext4"
-    found = inspect_device(device, mounter.mount_table(), action="format, fsck or mount", sysfs_root=sysfs_root)
+    found = inspect_device(device, _mounts_of(mounter, device, sysfs_root), action="format, fsck or mount",
+                           sysfs_root=sysfs_root)
     formatted = False
     resume = not found.blank and _marker_matches(format_marker, device, sysfs_root)
     if found.blank or resume:
@@ -337,3 +338,17 @@ def resize_filesystem(device: str, mount_path: str, fs_type: str) -> None:
     if proc.returncode != 0:
         raise FormatError(f"{argv[0]} failed on {device} (exit {proc.returncode}): {_detail(proc)}",
                           device, argv[0], returncode=proc.returncode, uncertain=proc.returncode < 0)
+
+
+def _mounts_of(mounter: Mounter, device: str, sysfs_root: str):
+    """The mounts that may be of `device` or of one of its partitions (whose major number may
+    differ: extended partitions are 259): only those lines of the table are parsed. The whole
+    table when the device cannot be stat'ed (the inspection then reports why)."""
+    try:
+        rdev = os.stat(device).st_rdev
+    except OSError:
+        return mounter.mount_table()
+    dev = (os.major(rdev), os.minor(rdev))
+    majors = {dev[0]} | {p.dev[0] for p in partitions(dev, sysfs_root) if p.dev is not None}
+    device_mounts = getattr(mounter, "device_mounts", None)
+    return device_mounts(majors) if callable(device_mounts) else mounter.mount_table()

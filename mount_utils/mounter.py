@@ -14,12 +14,12 @@ import errno
 import os
 import subprocess
 import threading
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from mount_utils import syscalls as sc
 from mount_utils.child import die_with_parent
-from mount_utils.mountinfo import DEFAULT_MOUNTINFO, MountInfo, MountPoints, MountTable
+from mount_utils.mountinfo import DEFAULT_MOUNTINFO, MountInfo, MountPoints, MountTable, read_table_of_majors
 from mount_utils.options import (
     MASK,
     flag_options,
@@ -132,6 +132,11 @@ class Mounter(Protocol):
     def mount_points(self) -> MountTable | MountPoints:
         """Something that answers ``is_mount_point`` for the whole table, as cheaply as the
         mounter can (a restart asks it of 10,000 paths)."""
+        ...
+
+    def device_mounts(self, majors: Collection[int]) -> MountTable:
+        """A table holding at least every mount of a device with one of these major numbers
+        (the whole table will do): what "is this device mounted anywhere?" needs."""
         ...
 
     def mount_refs(self, path: str) -> list[str]: ...
@@ -361,6 +366,9 @@ class LinuxMounter:
         with open(self.mountinfo_path, "rb") as f:
             return MountPoints(f.read().split(b"\n"))
 
+    def device_mounts(self, majors: Collection[int]) -> MountTable:
+        return read_table_of_majors(majors, self.mountinfo_path)
+
     def mount_refs(self, path: str) -> list[str]:
         """Other mount points of the same device and root as the mount at `path`."""
         return self.mount_table().refs(os.path.realpath(path))
@@ -551,6 +559,9 @@ class FakeMounter:
             return MountTable(self._mounts)
 
     def mount_points(self) -> MountTable:
+        return self.mount_table()
+
+    def device_mounts(self, majors: Collection[int]) -> MountTable:
         return self.mount_table()
 
     def mount_refs(self, path: str) -> list[str]:

@@ -21,7 +21,7 @@ import errno
 import os
 import re
 import select
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 DEFAULT_MOUNTINFO = "/proc/self/mountinfo"
@@ -439,6 +439,22 @@ def table_of_lines(lines: Iterable[bytes], under: str) -> MountTable:
         if m.mount_point == top or m.mount_point.startswith(top.rstrip("/") + "/"):
             mounts.append(m)
     return MountTable(mounts)
+
+
+def read_table_of_majors(majors: Collection[int], path: str = DEFAULT_MOUNTINFO) -> MountTable:
+    """The mounts of devices with these major numbers: only those lines are parsed, found by
+    a byte test on the device field. A check before a format or a mount asks "who mounts this
+    device (or a partition of it)?" of a table that, on a node with 10,000 volumes, is mostly
+    others' tmpfs (~13 us a parsed line)."""
+    with open(path, "rb") as f:
+        data = f.read()
+    wanted = tuple(b"%d:" % m for m in majors)
+    lines = []
+    for line in data.split(b"\n"):
+        fields = line.split(b" ", 3)
+        if len(fields) > 3 and fields[2].startswith(wanted):
+            lines.append(line)
+    return MountTable(parse_mountinfo(os.fsdecode(b"\n".join(lines) + b"\n")) if lines else [])
 
 
 class MountPoints:

@@ -304,3 +304,19 @@ def test_mount_points_answers_as_the_table_does(names, probe):
     whole = MountTable(table)
     for path in [f"/r/{n}" for n in names] + [f"/r/{probe}", "/r", "/r/"]:
         assert points.is_mount_point(path) == whole.is_mount_point(path), path
+
+
+def test_table_of_majors_parses_only_those_devices_mounts(mount_cleanup):
+    """The "who mounts this device?" table (issue 16): a tmpfs (major 0) is in the table of
+    major 0 and in no other; the whole table agrees on what it holds."""
+    from mount_utils.mountinfo import read_table_of_majors
+
+    target = mount_cleanup / "m"
+    target.mkdir()
+    sc.sys_mount("tmpfs", str(target), "tmpfs", 0, "size=1m")
+    whole = MountTable.read()
+    (mine,) = whole.at(str(target))
+    zero = read_table_of_majors({0, 12345})
+    assert [m.mount_point for m in zero.by_device(mine.major, mine.minor)] == [str(target)]
+    assert all(m.major in (0, 12345) for m in zero.mounts)
+    assert not read_table_of_majors({12345}).mounts

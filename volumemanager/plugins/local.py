@@ -225,7 +225,13 @@ class LocalPlugin(VolumePlugin):
     def _check_global_mount_is_device(self, device: str, device_mount_path: str) -> None:
         """An existing global mount must be of our device; anything else is a conflict that a
         retry cannot fix, and mounting over it would hide it."""
-        top = self.host.mounter.mount_table().top(os.path.realpath(device_mount_path))
+        real = os.path.realpath(device_mount_path)
+        try:
+            if not self.host.mounter.is_mount_point(real):
+                return  # the usual case, found with one statx instead of a parse of the table
+        except OSError:
+            return
+        top = self.host.mounter.mount_table().top(real)
         if top is None:
             return
         try:
