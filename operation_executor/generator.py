@@ -80,7 +80,6 @@ def journaled(journal: IntentJournal, step: str, key: str, pod_uid: str | None, 
     return result
 
 
-
 @dataclass(frozen=True)
 class GeneratedBatch:
     """Many operations of one kind as one work item (``OperationExecutor.run_batch``)."""
@@ -113,7 +112,7 @@ class _Intent:
         self._journal.end(self._token, "ok")
         return result
 
-    def close_unused(self, error: BaseException | None) -> None:
+    def close_unused(self) -> None:
         if not self._used and self._error is None:
             self._used = True
             self._journal.end(self._token, "transient")  # failed before the step: it never ran
@@ -398,11 +397,13 @@ class OperationGenerator:
 
     # --- batches (issue 16) -----------------------------------------------------------------
 
-    def batchable(self, plugin_name: str, spec: VolumeSpec, device_mountable: bool) -> bool:
+    def batchable(self, plugin_name: str, spec: VolumeSpec, device_mountable: bool,
+                  fs_group: int | None = None) -> bool:
         """Whether a pod-view operation of this volume may run in a batch: the quick lane's
-        plugins only (a few local syscalls that never wait: VolumePlugin.operation_lane), and
-        never a stage, so that one slow volume cannot hold up the others of its batch."""
-        return not device_mountable and self._lane(plugin_name, spec) == QUICK_LANE
+        plugins only (a few local syscalls that never wait: VolumePlugin.operation_lane), never
+        a stage and never a set-up with an fsGroup (its walk of the volume's tree may take
+        long), so that one slow volume cannot hold up the others of its batch."""
+        return not device_mountable and fs_group is None and self._lane(plugin_name, spec) == QUICK_LANE
 
     def mount_volumes(self, entries: Sequence[tuple[OperationKey, VolumeToMount, DeviceMountState,
                                                      VolumeMountState]]) -> GeneratedBatch:
@@ -478,7 +479,7 @@ class OperationGenerator:
             except BaseException as e:  # noqa: BLE001 - one volume's failure is its own
                 error = e
             if pre is not None:
-                pre.close_unused(error)
+                pre.close_unused()
             results[item.key] = (error, time.monotonic() - started)
         with self._asw.batch():
             deferred.replay(self._asw)

@@ -179,6 +179,7 @@ class Reconciler:
         """Once per work item (a batch's outcomes together): one wake-up of the loop."""
         now = self._clock()
         dirty: list[str] = []
+        timed = False
         with self._cond:
             for outcome in outcomes:
                 vid = outcome.key.volume_id
@@ -191,6 +192,7 @@ class Reconciler:
                     # event (wake_waiting) or the slow re-check, never retry at once (a busy loop).
                     self._waiting.add(vid)
                     heapq.heappush(self._timers, (now + WAITING_RECHECK_SECONDS, vid))
+                    timed = True
                     continue
                 self._waiting.discard(vid)
                 if outcome.error is not None:
@@ -198,8 +200,9 @@ class Reconciler:
                 # Success, or a failure now in backoff: look again (another pod of the volume may be
                 # next, or an unmount may be due).
                 dirty.append(vid)
-            self._dirty.update(dirty)
-            self._cond.notify()
+            if dirty or timed:
+                self._dirty.update(dirty)
+                self._cond.notify()
 
     # --- the loop -------------------------------------------------------------------------
 
@@ -400,8 +403,9 @@ class Reconciler:
         pod views), or None: the action runs alone (or not at all, see ``_generate``)."""
         if action.kind in (MOUNT_VOLUME, REMOUNT_VOLUME):
             target = self._mount_target(action)
-            if target is None or not self._generator.batchable(action.plugin_name, target[0].spec,
-                                                               target[0].device_mountable):
+            vtm = target[0] if target is not None else None
+            if vtm is None or not self._generator.batchable(action.plugin_name, vtm.spec, vtm.device_mountable,
+                                                            vtm.fs_group):
                 return None
             return target
         if action.kind == UNMOUNT_VOLUME:
