@@ -31,7 +31,7 @@ from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
-from mount_utils.child import die_with_parent
+from mount_utils.child import helper_command
 from mount_utils.mountinfo import MountTable
 
 #: How much of each end of the device must read as zeros.
@@ -306,9 +306,10 @@ def device_users(device: str, dev: tuple[int, int], mounts: MountTable, *,
 def _run(argv: Sequence[str], device: str) -> subprocess.CompletedProcess[str]:
     cmd = os.path.basename(argv[0])
     try:
+        run, preexec = helper_command(argv)
         return subprocess.run(
-            list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-            preexec_fn=die_with_parent, timeout=TOOL_TIMEOUT, env={**os.environ, "LC_ALL": "C"},
+            run, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+            preexec_fn=preexec, timeout=TOOL_TIMEOUT, env={**os.environ, "LC_ALL": "C"},
         )
     except FileNotFoundError:
         raise DeviceCheckError(f"{cmd} not found (needed to inspect {device})", device) from None

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from mount_utils.blank import SYSFS_ROOT, Inspection, inspect_device, partitions
-from mount_utils.child import die_with_parent
+from mount_utils.child import helper_command
 from mount_utils.mounter import Mounter
 
 log = logging.getLogger(__name__)
@@ -121,10 +121,10 @@ def _run(argv: Sequence[str], device: str, timeout: float) -> subprocess.Complet
     """Run a tool; errors (missing, timed out) name the command and the device."""
     cmd = os.path.basename(argv[0])
     try:
+        run, preexec = helper_command(argv)
         return subprocess.run(
-            list(argv), stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-            preexec_fn=die_with_parent,
-            timeout=timeout, env={**os.environ, "LC_ALL": "C"},
+            run, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+            preexec_fn=preexec, timeout=timeout, env={**os.environ, "LC_ALL": "C"},
         )
     except FileNotFoundError:
         raise ToolNotFoundError(f"{cmd} not found (needed for {device})", device, cmd) from None

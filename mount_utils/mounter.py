@@ -18,7 +18,7 @@ from collections.abc import Collection, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from mount_utils import syscalls as sc
-from mount_utils.child import die_with_parent
+from mount_utils.child import helper_command
 from mount_utils.mountinfo import DEFAULT_MOUNTINFO, MountInfo, MountPoints, MountTable, read_table_of_majors
 from mount_utils.options import (
     MASK,
@@ -242,10 +242,10 @@ class LinuxMounter:
 
         err_kw: dict[str, Any] = {"source": source, "fs_type": fs_type, "shown_options": shown}
         try:
+            run, preexec = helper_command(argv)
             proc = subprocess.run(
-                argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
-            preexec_fn=die_with_parent,
-                timeout=self.command_timeout, env={**os.environ, "LC_ALL": "C"},
+                run, stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace",
+                preexec_fn=preexec, timeout=self.command_timeout, env={**os.environ, "LC_ALL": "C"},
             )
         except FileNotFoundError:
             raise MountError(errno.ENOENT, f"{self.mount_command}: command not found", target, **err_kw) from None

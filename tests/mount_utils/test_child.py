@@ -56,3 +56,24 @@ def test_mkfs_dies_with_its_parent(tmp_path):
         if parent.poll() is None:
             parent.kill()
             parent.wait()
+
+
+def test_helpers_start_through_setpriv_without_a_preexec_fn():
+    """Issue 16: a helper is started by vfork through ``setpriv --pdeathsig KILL`` (a fork of
+    the daemon cost ~6 ms a helper); without such a setpriv, as before, with a preexec_fn. A
+    missing helper is FileNotFoundError either way, as starting it would be."""
+    import shutil
+
+    from mount_utils.child import die_with_parent, helper_command
+
+    run, preexec = helper_command(["true", "x"])
+    if shutil.which("setpriv") is None:
+        assert preexec is die_with_parent and run[1:] == ["x"]
+    else:
+        assert preexec is None and run[:4] == [shutil.which("setpriv"), "--pdeathsig", "KILL", "--"]
+        assert run[4:] == [shutil.which("true"), "x"]
+        assert subprocess.run(run).returncode == 0
+    with pytest.raises(FileNotFoundError):
+        helper_command(["no-such-helper-anywhere"])
+    with pytest.raises(FileNotFoundError):
+        helper_command(["/nonexistent/mount"])

@@ -12,7 +12,8 @@ import os
 from typing import Any
 
 # gRPC's fork support re-initialises its pollers in a forked child; our children (blkid,
-# fsck, mkfs, mount helpers) fork with a preexec_fn and exec at once, and with fork support
+# fsck, mkfs, mount helpers) are started by vfork through setpriv, or, without a setpriv
+# that has --pdeathsig, fork with a preexec_fn and exec at once, and with fork support
 # on they died of SIGABRT ("epoll_wait error: Bad file descriptor") as soon as a driver had
 # been dialled. Every submodule that imports grpc is imported through this package, so this
 # runs first. An operator's explicit setting wins.
