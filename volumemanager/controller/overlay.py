@@ -94,6 +94,13 @@ class ProvisionedOverlaySource:
                 self._base_generation += cache[2].generation - generation + 1
                 generation = snap.generation + rgen + self._base_generation
             merged = merge_provisioned(snap, self.records.all(), generation)
+            # The source's "pods changed since its generation g" holds against our output for g
+            # when the records are the same (they change claims and volumes, never pods).
+            delta = snap.pods_changed
+            rebased = None
+            if delta is not None and cache is not None and cache[0] == delta[0] and cache[1] == rgen:
+                rebased = (cache[2].generation, delta[1])
+            merged = dataclasses.replace(merged, pods_changed=rebased)
             self._cache = (snap.generation, rgen, merged)
             return merged
 

@@ -594,6 +594,10 @@ class Snapshot:
     csidrivers: dict[str, CSIDriver] = field(default_factory=dict)
     volumesnapshotclasses: dict[str, VolumeSnapshotClass] = field(default_factory=dict)
     volumesnapshots: dict[tuple[str, str], VolumeSnapshot] = field(default_factory=dict)
+    # (generation G, uids): compared with the snapshot of generation G from the same source,
+    # only these pods were added, removed or replaced; None when the source cannot say. Lets a
+    # consumer look at what changed instead of at every pod (issue 16).
+    pods_changed: tuple[int, frozenset[str]] | None = field(default=None, compare=False)
 
     @classmethod
     def empty(cls, generation: int = 0, errors: tuple[ManifestError, ...] = ()) -> Snapshot:

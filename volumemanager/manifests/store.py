@@ -88,6 +88,8 @@ class ManifestStore:
         self._dups: dict[tuple[str, str, str], list[tuple[str, int, ManifestError]]] = {}
         self._uid_errors: dict[str, list[tuple[str, int, ManifestError]]] = {}
         self._dirty_uids: set[str] = set()  # UIDs whose claimants changed since the last snapshot
+        self._changed_pods: set[str] = set()  # UIDs whose pod was added, removed or replaced since then
+        self._last_built: int | None = None  # the generation of the last snapshot built
         self._error_paths: set[str] = set()  # files whose own errors are not empty
         self._tables: dict[str, dict] = {name: {} for name in (
             "pvs", "pvcs", "secrets", "configmaps", "storageclasses", "csidrivers", "volumesnapshotclasses",
@@ -397,6 +399,12 @@ class ManifestStore:
             table[key(ident)] = winner[2]
 
     def _decide_uid(self, uid: str) -> None:
+        before = self._pods.get(uid)
+        self._decide_uid_winner(uid)
+        if self._pods.get(uid) is not before:
+            self._changed_pods.add(uid)
+
+    def _decide_uid_winner(self, uid: str) -> None:
         claimants = sorted((self._winners[i] for i in self._uid_idents.get(uid, ())), key=_position)
         self._uid_errors.pop(uid, None)
         if not claimants:
@@ -429,6 +437,9 @@ class ManifestStore:
         for uid in sorted(self._dirty_uids):
             self._decide_uid(uid)
         self._dirty_uids.clear()
+        changed = (self._last_built, frozenset(self._changed_pods)) if self._last_built is not None else None
+        self._changed_pods = set()
+        self._last_built = self._generation
         dups_by_path: dict[str, list[tuple[int, ManifestError]]] = {}
         for dups in self._dups.values():
             for path, seq, err in dups:
@@ -449,6 +460,7 @@ class ManifestStore:
             csidrivers=self._table("csidrivers"),
             volumesnapshotclasses=self._table("volumesnapshotclasses"),
             volumesnapshots=self._table("volumesnapshots"),
+            pods_changed=changed,
         )
 
     def _table(self, name: str) -> dict:
