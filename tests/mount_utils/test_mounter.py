@@ -395,3 +395,32 @@ def test_mount_error_is_oserror_with_target():
     import pickle
     e2 = pickle.loads(pickle.dumps(e))
     assert str(e2) == str(e) and type(e2) is MountError
+
+
+def test_unmount_outlasts_a_brief_reference_to_the_mount(mount_cleanup):
+    """Issue 16: a reference held for a moment (here an open directory fd, closed 2 ms later;
+    in the field a stat of the mount point by someone) makes umount2 fail with EBUSY: the
+    unmount tries again within ~10 ms instead of failing into a 0.5 s backoff. A reference
+    that stays is still EBUSY."""
+    import threading
+
+    m = LinuxMounter()
+    target = mount_cleanup / "brief"
+    target.mkdir()
+    m.mount_tmpfs(str(target), size_bytes=1 << 20)
+    fd = os.open(str(target), os.O_RDONLY | os.O_DIRECTORY)
+    closer = threading.Timer(0.002, os.close, (fd,))
+    closer.start()
+    m.unmount(str(target))
+    closer.join()
+    assert not m.is_mount_point(str(target))
+
+    m.mount_tmpfs(str(target), size_bytes=1 << 20)
+    fd = os.open(str(target), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        with pytest.raises(MountError) as exc:
+            m.unmount(str(target))
+        assert exc.value.errno == errno.EBUSY
+    finally:
+        os.close(fd)
+    m.unmount(str(target))
