@@ -70,13 +70,21 @@ def mounts_of(root: str) -> set[str]:
 
 
 def wait_new_mount(root: str, before: set[str], timeout: float) -> float | None:
-    """When a mount under ``root`` that is not in ``before`` appears."""
+    """When a mount under ``root`` that is not in ``before`` appears: the table is read when
+    the kernel says it changed (poll(2) on mountinfo), not every millisecond (a busy read of
+    1,000 lines took a core from the daemon and held the lock its mount(2) needs)."""
+    from mount_utils.mountinfo import MountInfoWatcher
+
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if mounts_of(root) - before:
-            return time.monotonic()
-        time.sleep(0.001)
-    return None
+    with MountInfoWatcher() as w:
+        while True:
+            found = bool(mounts_of(root) - before)
+            now = time.monotonic()  # after the read: a clock read first could date the mount early
+            if found:
+                return now
+            if now >= deadline:
+                return None
+            w.wait(min(0.2, deadline - now))
 
 
 def cpu_seconds(pid: int) -> float:
