@@ -95,6 +95,7 @@ class ApiServerSource:
         self._reflectors: dict[str, Reflector] = {}
         self._objects: dict[tuple[str, str, str], Reflector] = {}  # ("secret"|"configmap", ns, name)
         self._parsed: dict[tuple[str, ObjKey], _Parsed] = {}
+        self._refs_memo: dict[int, tuple[m.Pod, frozenset, tuple[str, ...]]] = {}  # see _referenced_objects
         self._snapshot = m.Snapshot.empty()
         self._generation = 0
         self._timer: Optional[threading.Timer] = None
@@ -259,7 +260,7 @@ class ApiServerSource:
             csidrivers = {key[1]: d for key, d in models("csidrivers")}
             secrets: dict[tuple[str, str], m.Secret] = {}
             configmaps: dict[tuple[str, str], m.ConfigMap] = {}
-            wanted = _referenced_objects(pods.values(), pvcs, pvs)
+            wanted = _referenced_objects(pods.values(), pvcs, pvs, self._refs_memo)
             starts, stops = self._update_object_watches(wanted)
             for (what, ns, name), reflector in list(self._objects.items()):
                 obj = reflector.get((ns, name))
@@ -340,30 +341,55 @@ def _secret_refs(value: Any, out: set[tuple[str, str, str]], depth: int = 0) -> 
             _secret_refs(v, out, depth + 1)
 
 
-def _referenced_objects(pods: Iterable[m.Pod], pvcs: dict, pvs: dict) -> set[tuple[str, str, str]]:
-    """The Secrets and ConfigMaps the node's pods need: their volumes, and their claims' PVs."""
+def _referenced_objects(pods: Iterable[m.Pod], pvcs: dict, pvs: dict,
+                        memo: dict[int, tuple[m.Pod, frozenset, tuple[str, ...]]] | None = None,
+                        ) -> set[tuple[str, str, str]]:
+    """The Secrets and ConfigMaps the node's pods need: their volumes, and their claims' PVs.
+
+    ``memo`` (id of a pod -> (the pod, what its own volumes name, its claim names)) keeps each
+    pod's own part while the pod object is the same one (the parse cache hands out the same
+    object for an unchanged resourceVersion): a change then walks the changed pod's volumes,
+    not every pod's (each walk of a volume source is reflection over its fields)."""
     out: set[tuple[str, str, str]] = set()
+    kept: dict[int, tuple[m.Pod, frozenset, tuple[str, ...]]] = {}
     for pod in pods:
-        for vol in pod.volumes:
-            src = vol.source
-            if isinstance(src, m.SecretVolumeSource):
-                out.add(("secret", pod.namespace, src.secret_name))
-            elif isinstance(src, m.ConfigMapVolumeSource):
-                out.add(("configmap", pod.namespace, src.name))
-            elif isinstance(src, m.ProjectedSource):
-                for p in src.sources:
-                    if isinstance(p, m.SecretProjection):
-                        out.add(("secret", pod.namespace, p.name))
-                    elif isinstance(p, m.ConfigMapProjection):
-                        out.add(("configmap", pod.namespace, p.name))
-            elif isinstance(src, m.PVCSource):
-                pvc = pvcs.get((pod.namespace, src.claim_name))
-                pv = pvs.get(pvc.volume_name) if pvc is not None and pvc.volume_name else None
-                if pv is not None:
-                    _secret_refs(pv.source, out)
-            else:
-                _secret_refs(src, out)
+        entry = memo.get(id(pod)) if memo is not None else None
+        if entry is None or entry[0] is not pod:
+            entry = (pod, *_pod_refs(pod))
+        kept[id(pod)] = entry
+        out |= entry[1]
+        for claim_name in entry[2]:
+            pvc = pvcs.get((pod.namespace, claim_name))
+            pv = pvs.get(pvc.volume_name) if pvc is not None and pvc.volume_name else None
+            if pv is not None:
+                _secret_refs(pv.source, out)
+    if memo is not None:
+        memo.clear()
+        memo.update(kept)
     return out
+
+
+def _pod_refs(pod: m.Pod) -> tuple[frozenset, tuple[str, ...]]:
+    """What a pod's own volumes name (Secrets, ConfigMaps), and the claims whose PVs may."""
+    out: set[tuple[str, str, str]] = set()
+    claims: list[str] = []
+    for vol in pod.volumes:
+        src = vol.source
+        if isinstance(src, m.SecretVolumeSource):
+            out.add(("secret", pod.namespace, src.secret_name))
+        elif isinstance(src, m.ConfigMapVolumeSource):
+            out.add(("configmap", pod.namespace, src.name))
+        elif isinstance(src, m.ProjectedSource):
+            for p in src.sources:
+                if isinstance(p, m.SecretProjection):
+                    out.add(("secret", pod.namespace, p.name))
+                elif isinstance(p, m.ConfigMapProjection):
+                    out.add(("configmap", pod.namespace, p.name))
+        elif isinstance(src, m.PVCSource):
+            claims.append(src.claim_name)
+        else:
+            _secret_refs(src, out)
+    return frozenset(out), tuple(claims)
 
 
 def _server_of(client: Any) -> str:
