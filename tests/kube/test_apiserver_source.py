@@ -302,3 +302,35 @@ def test_retries_back_off_exponentially(fake_apiserver, source):  # noqa: F811
     assert tries < 60, f"{tries} requests in 3 s while refused: the backoff does not grow"
     fake_apiserver.set_auth_failure(None)
     wait_until(lambda: src.health().ok, timeout=40)
+
+
+def test_referenced_objects_kept_per_pod_object_give_the_same_answer():
+    """Issue 16: the per-pod memo of referenced Secrets/ConfigMaps answers as a fresh walk, a
+    changed pod (a new object) is walked again, and a claim's PV is looked up every time (it
+    may change without the pod)."""
+    from volumemanager.manifests.loader import load_bytes
+    from volumemanager.sources.apiserver import _referenced_objects
+
+    def pod(name: str, secret: str) -> str:
+        return (f"kind: Pod\nmetadata: {{name: {name}, namespace: ns, uid: u-{name}}}\nspec:\n  volumes:\n"
+                f"  - {{name: s, secret: {{secretName: {secret}}}}}\n"
+                f"  - {{name: c, configMap: {{name: cm-{name}}}}}\n"
+                f"  - {{name: d, persistentVolumeClaim: {{claimName: data}}}}\n")
+
+    def objs(text: str):
+        return load_bytes(text.encode(), "t.yaml").objects
+
+    a, b = objs(pod("a", "s1"))[0], objs(pod("b", "s2"))[0]
+    (claim,) = objs("kind: PersistentVolumeClaim\nmetadata: {name: data, namespace: ns}\nspec: {volumeName: pv1}\n")
+    (pv,) = objs("kind: PersistentVolume\nmetadata: {name: pv1}\nspec:\n  csi: {driver: d, volumeHandle: h,"
+                 " nodePublishSecretRef: {name: pvsecret, namespace: ns}}\n")
+    pvcs, pvs = {("ns", "data"): claim}, {"pv1": pv}
+    memo: dict = {}
+    first = _referenced_objects([a, b], pvcs, pvs, memo)
+    assert first == _referenced_objects([a, b], pvcs, pvs)
+    assert {("secret", "ns", "s1"), ("secret", "ns", "s2"), ("configmap", "ns", "cm-a"),
+            ("secret", "ns", "pvsecret")} <= first
+    b2 = objs(pod("b", "s3"))[0]  # b changed: a new object
+    assert _referenced_objects([a, b2], pvcs, pvs, memo) == _referenced_objects([a, b2], pvcs, pvs)
+    assert ("secret", "ns", "s2") not in _referenced_objects([a, b2], pvcs, pvs, memo)
+    assert ("secret", "ns", "pvsecret") not in _referenced_objects([a, b2], pvcs, {}, memo)  # the PV went
