@@ -103,30 +103,12 @@ def daemon_rows(dsw: DesiredStateOfWorld, asw: ActualStateOfWorld, executor: Ope
     desired_pairs: set[tuple[str, str]] = set()
     for dp in dsw.pods():
         for u in dp.unresolved:
-            rows.append(
-                VolumeRow(
-                    pod=dp.pod.key, pod_uid=dp.pod.uid, volume=u.outer_name, plugin=u.plugin_name, desired=True,
-                    state=WAITING, last_error=u.reason, reason=u.reason, waiting_for=u.waiting_for,
-                    source=_pod_source(dp),
-                )
-            )
+            rows.append(_unresolved_row(dp, u))
         for vtm in dp.volumes:
             desired_pairs.add((vtm.volume_id, vtm.pod.uid))
             rows.append(_desired_row(dp, vtm, asw, executor, operation_label))
-    for mv in asw.mounted_volumes():
-        if (mv.volume_id, mv.pod.uid) in desired_pairs:
-            continue
-        av = asw.get_volume(mv.volume_id)
-        row = VolumeRow(
-            pod=mv.pod.key, pod_uid=mv.pod.uid, volume=mv.outer_name, plugin=mv.plugin_name, desired=False,
-            state=UNMOUNTING, mount_path=mv.mount_path, volume_id=mv.volume_id,
-            device_path=av.device_path if av else None, device_mount_path=mv.device_mount_path,
-        )
-        _apply_result(row, asw.result(mv.volume_id, mv.pod.uid), operation_label)
-        key = OperationKey(mv.volume_id, mv.pod.uid)
-        row.in_progress = executor.pending_operation(mv.volume_id, mv.pod.uid)
-        row.next_retry_seconds = executor.backoff_remaining(key) or None
-        rows.append(row)
+    rows += [_undesired_row(mv, asw, executor, operation_label) for mv in asw.mounted_volumes()
+             if (mv.volume_id, mv.pod.uid) not in desired_pairs]
     rows.sort(key=lambda r: (r.pod, r.volume))
     return rows
 
@@ -136,14 +118,7 @@ def desired_pod_rows(dp: DesiredPod, asw: ActualStateOfWorld, executor: Operatio
     """The rows of one desired pod, as ``daemon_rows`` builds them, without walking every
     volume: ``explain POD`` at 10,000 volumes must cost what the pod's few volumes cost
     (each lookup below is by (volume id, pod uid))."""
-    rows = [
-        VolumeRow(
-            pod=dp.pod.key, pod_uid=dp.pod.uid, volume=u.outer_name, plugin=u.plugin_name, desired=True,
-            state=WAITING, last_error=u.reason, reason=u.reason, waiting_for=u.waiting_for,
-            source=_pod_source(dp),
-        )
-        for u in dp.unresolved
-    ]
+    rows = [_unresolved_row(dp, u) for u in dp.unresolved]
     rows += [_desired_row(dp, vtm, asw, executor, operation_label) for vtm in dp.volumes]
     rows.sort(key=lambda r: r.volume)
     return rows
@@ -153,22 +128,34 @@ def undesired_pod_rows(pod_key: str, dsw: DesiredStateOfWorld, asw: ActualStateO
                        executor: OperationExecutor, operation_label: OperationLabel = _plain_label) -> list[VolumeRow]:
     """The ``unmounting`` rows of a pod that is not desired (by "namespace/name" or UID), as
     ``daemon_rows`` builds them, from the actual state's per-pod index instead of every mount."""
-    rows = []
-    for mv in asw.mounted_volumes_of_pod(pod_key):
-        if dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid):
-            continue
-        av = asw.get_volume(mv.volume_id)
-        row = VolumeRow(
-            pod=mv.pod.key, pod_uid=mv.pod.uid, volume=mv.outer_name, plugin=mv.plugin_name, desired=False,
-            state=UNMOUNTING, mount_path=mv.mount_path, volume_id=mv.volume_id,
-            device_path=av.device_path if av else None, device_mount_path=mv.device_mount_path,
-        )
-        _apply_result(row, asw.result(mv.volume_id, mv.pod.uid), operation_label)
-        row.in_progress = executor.pending_operation(mv.volume_id, mv.pod.uid)
-        row.next_retry_seconds = executor.backoff_remaining(OperationKey(mv.volume_id, mv.pod.uid)) or None
-        rows.append(row)
+    rows = [_undesired_row(mv, asw, executor, operation_label) for mv in asw.mounted_volumes_of_pod(pod_key)
+            if not dsw.pod_exists_in_volume(mv.volume_id, mv.pod.uid)]
     rows.sort(key=lambda r: (r.pod, r.volume))
     return rows
+
+
+def _unresolved_row(dp: DesiredPod, u) -> VolumeRow:
+    """The ``waiting`` row of a pod volume that cannot be resolved yet."""
+    return VolumeRow(
+        pod=dp.pod.key, pod_uid=dp.pod.uid, volume=u.outer_name, plugin=u.plugin_name, desired=True,
+        state=WAITING, last_error=u.reason, reason=u.reason, waiting_for=u.waiting_for,
+        source=_pod_source(dp),
+    )
+
+
+def _undesired_row(mv, asw: ActualStateOfWorld, executor: OperationExecutor,
+                   operation_label: OperationLabel = _plain_label) -> VolumeRow:
+    """The ``unmounting`` row of a pod view that is mounted but no longer desired."""
+    av = asw.get_volume(mv.volume_id)
+    row = VolumeRow(
+        pod=mv.pod.key, pod_uid=mv.pod.uid, volume=mv.outer_name, plugin=mv.plugin_name, desired=False,
+        state=UNMOUNTING, mount_path=mv.mount_path, volume_id=mv.volume_id,
+        device_path=av.device_path if av else None, device_mount_path=mv.device_mount_path,
+    )
+    _apply_result(row, asw.result(mv.volume_id, mv.pod.uid), operation_label)
+    row.in_progress = executor.pending_operation(mv.volume_id, mv.pod.uid)
+    row.next_retry_seconds = executor.backoff_remaining(OperationKey(mv.volume_id, mv.pod.uid)) or None
+    return row
 
 
 def _pod_source(dp: DesiredPod) -> str:
