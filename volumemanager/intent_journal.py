@@ -47,6 +47,7 @@ from typing import Any, Mapping, Sequence
 
 from operation_executor.errors import TransientError, WaitingError
 from operation_executor.journal import IntentsRefused, JournalStep
+from volumemanager.controller.durable import fsync_dir
 
 log = logging.getLogger(__name__)
 
@@ -79,14 +80,6 @@ def current_boot_id(path: str = BOOT_ID_PATH) -> str:
             return f.read().strip()
     except OSError:
         return "unknown"
-
-
-def _fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _is_no_space(err: BaseException) -> bool:
@@ -518,7 +511,7 @@ class FileIntentJournal:
             os.dup2(fd, self._fd, inheritable=False)
             os.close(fd)
         try:
-            _fsync_dir(self.state_dir)
+            fsync_dir(self.state_dir)
         except OSError as err:
             log.warning("cannot fsync %s after rewriting the intent journal: %s", self.state_dir, err)
 
