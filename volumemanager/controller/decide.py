@@ -18,7 +18,7 @@ The safety rules live here, in one place:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Collection, Mapping
 
 from volumemanager.controller import claims as cl
 from volumemanager.controller.records import ANN_CLAIM_UID, ANN_NODE_EXPAND_BYTES, ANN_REQUESTED_BYTES  # noqa: F401
@@ -108,16 +108,10 @@ def decide(
     consumers: frozenset[tuple[str, str]] | None = None  # walked only for a WaitForFirstConsumer claim
     live_uids = {c.uid for c in snap.pvcs.values()}
     live_names = {cl.volume_name(c) for c in snap.pvcs.values()}
-    for name, driver_name in sorted(in_background.items()):
-        if name in records or name in live_names:
-            continue  # done, or the claim is still there and handled below
-        view = drivers.get(driver_name)
-        if view is None or not view.has_controller:
-            out.waiting[name] = f"CSI driver {driver_name} (with its Controller service) to register"
-            continue
-        out.actions.append(ControllerAction(PROVISION, name, driver_name, None,
-                                            f"CreateVolume {name} again: its outcome was unknown and its claim "
-                                            "is gone (the volume is then released)"))
+    # (done, or the claim is still there and handled below)
+    resend_uncertain(in_background, records.keys() | live_names, drivers, out, PROVISION,
+                     lambda name: f"CreateVolume {name} again: its outcome was unknown and its claim is gone "
+                                  "(the volume is then released)")
     for claim in sorted(snap.pvcs.values(), key=lambda c: c.key):
         if claim.volume_name:
             continue  # bound in the manifests: not ours to provision
@@ -174,6 +168,22 @@ def decide(
                                                 f"DeleteVolume {_handle(pv)} (claim {_claim_ref(pv)} is gone, "
                                                 "reclaim policy Delete)", uid))
     return out
+
+
+def resend_uncertain(in_background: Mapping[str, str], handled: Collection[str], drivers: Mapping[str, DriverView],
+                     out: Decision, kind: str, detail: Callable[[str], str]) -> None:
+    """Send again each create whose outcome is unknown (name -> driver in ``in_background``)
+    and that nothing else handles: the driver may have made it, so the same request goes out
+    again (its idempotency returns the same object) and the object is then cleaned up like
+    any other. Waits for the driver's Controller service when it is not there."""
+    for name, driver_name in sorted(in_background.items()):
+        if name in handled:
+            continue
+        view = drivers.get(driver_name)
+        if view is None or not view.has_controller:
+            out.waiting[name] = f"CSI driver {driver_name} (with its Controller service) to register"
+            continue
+        out.actions.append(ControllerAction(kind, name, driver_name, None, detail(name)))
 
 
 def requested_bytes_of(pv: m.PersistentVolume) -> int:

@@ -211,19 +211,12 @@ def decide_snapshots(snap: m.Snapshot, records: Mapping[str, m.PersistentVolume]
     ``in_background``: snapshot name -> driver of each CreateSnapshot whose outcome is unknown
     (uncertain, or interrupted by a crash). If its VolumeSnapshot is gone it is sent again anyway:
     then the snapshot has a record and is deleted (or retained) by its deletion policy, not leaked."""
-    from volumemanager.controller.decide import ControllerAction
+    from volumemanager.controller.decide import ControllerAction, resend_uncertain
 
     live_names = {snapshot_name(v) for v in snap.volumesnapshots.values()}
-    for name, driver_name in sorted(in_background.items()):
-        if name in snapshot_records or name in live_names:
-            continue  # done, or handled below
-        view = drivers.get(driver_name)
-        if view is None or not view.has_controller:
-            out.waiting[name] = f"CSI driver {driver_name} (with its Controller service) to register"
-            continue
-        out.actions.append(ControllerAction(CREATE_SNAPSHOT, name, driver_name, None,
-                                            f"CreateSnapshot {name} again: its outcome was unknown and its "
-                                            "VolumeSnapshot is gone (the snapshot is then deleted or retained)"))
+    resend_uncertain(in_background, snapshot_records.keys() | live_names, drivers, out, CREATE_SNAPSHOT,  # else below
+                     lambda name: f"CreateSnapshot {name} again: its outcome was unknown and its VolumeSnapshot "
+                                  "is gone (the snapshot is then deleted or retained)")
     live = set()
     for vs in sorted(snap.volumesnapshots.values(), key=lambda v: v.key):
         name = snapshot_name(vs)
